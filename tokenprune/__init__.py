@@ -1,0 +1,67 @@
+"""tokenprune: training-free visual-token pruning for vision-language models.
+
+    >>> import torch, tokenprune
+    >>> layout = tokenprune.Layout.grid(24, 24)
+    >>> cues = tokenprune.Cues(layout, attention=torch.rand(1, 576), keys=torch.randn(1, 576, 64))
+    >>> selection = tokenprune.pruner("adaptprune", keep=0.1)(cues)
+    >>> selection.indices.shape
+    torch.Size([1, 57])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tokenprune.compile import compile_enabled, set_compile
+from tokenprune.cues import Cues
+from tokenprune.errors import (
+    CueError,
+    LayoutError,
+    PluginError,
+    SpecError,
+    TokenpruneError,
+    UnsupportedModelError,
+)
+from tokenprune.hookspecs import hookimpl
+from tokenprune.layout import Layout
+from tokenprune.pruner import Pruner, pruner
+from tokenprune.registry import Adapter, Recipe, Strategy, available, register_plugin, reload
+from tokenprune.selection import Selection
+
+if TYPE_CHECKING:
+    from tokenprune.engine import prune
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "CueError",
+    "Cues",
+    "Layout",
+    "LayoutError",
+    "PluginError",
+    "Pruner",
+    "Recipe",
+    "Selection",
+    "SpecError",
+    "Strategy",
+    "TokenpruneError",
+    "UnsupportedModelError",
+    "available",
+    "compile_enabled",
+    "hookimpl",
+    "prune",
+    "pruner",
+    "register_plugin",
+    "reload",
+    "set_compile",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The engine imports transformers; load it only when a user asks for it.
+    if name == "prune":
+        from tokenprune.engine import prune
+
+        return prune
+    raise AttributeError(f"module 'tokenprune' has no attribute {name!r}")

@@ -1,0 +1,79 @@
+"""torch.compile for the selectors' inner steps, with an eager fallback.
+
+Compilation is on by default. Turn it off with ``tokenprune.set_compile(False)`` or the
+environment variable ``TOKENPRUNE_COMPILE=0``. If compiling fails (no C compiler, an
+unsupported device), tokenprune warns once and runs the same function eagerly.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["compile_enabled", "maybe_compiled", "set_compile"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_enabled = os.environ.get("TOKENPRUNE_COMPILE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def compile_enabled() -> bool:
+    """Whether selectors run their compiled step functions."""
+    return _enabled
+
+
+def set_compile(enabled: bool) -> None:
+    """Switch torch.compile for selectors on or off for this process."""
+    global _enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {enabled!r}")
+    _enabled = enabled
+
+
+@contextmanager
+def compile_mode(enabled: bool):
+    """Temporarily switch compilation on or off: ``with compile_mode(False): ...``."""
+    previous = compile_enabled()
+    set_compile(enabled)
+    try:
+        yield
+    finally:
+        set_compile(previous)
+
+
+def maybe_compiled(fn: F) -> F:
+    """``fn`` compiled with dynamic shapes when compilation is enabled, else ``fn``.
+
+    The compiled function is built once; dynamo caches one graph per (dtype, device)
+    and keeps sizes symbolic, so new N, K, B or D do not recompile. If compilation
+    raises, the failure is reported once and ``fn`` runs eagerly from then on.
+    """
+    compiled = torch.compile(fn, dynamic=True)
+    failed = False
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failed
+        if not _enabled or failed:
+            return fn(*args, **kwargs)
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as exc:  # compile toolchain missing or backend error
+            failed = True
+            warnings.warn(
+                f"tokenprune: torch.compile of {fn.__name__} failed ({type(exc).__name__}: "
+                f"{exc}); running it eagerly from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return fn(*args, **kwargs)
+
+    run.eager = fn  # type: ignore[attr-defined]
+    run.compiled = compiled  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]

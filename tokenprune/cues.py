@@ -1,0 +1,107 @@
+"""What strategies may read: the `Cues` of one prefill for B samples of N candidate tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import CueError
+from tokenprune.layout import Layout
+
+__all__ = ["CUE_NAMES", "Cues"]
+
+#: Cue names a strategy may list in its ``requires``.
+CUE_NAMES = ("attention", "keys", "hidden", "text_attention", "self_attention")
+
+
+@dataclass(frozen=True, eq=False)
+class Cues:
+    """Inputs of a pruner. Every tensor cue is optional; a strategy that needs a missing
+    one raises `CueError` naming it.
+
+    Attributes:
+        layout: where the N candidate tokens sit (`Layout`, batch B).
+        attention: ``(B, N)`` attention of the last prompt token to each candidate at
+            the layer before pruning, post-softmax, mean over heads (FastV's cue).
+        keys: ``(B, N, D)`` key vectors of the candidates at the pruning layer (heads
+            concatenated); similarity strategies use their cosine.
+        hidden: ``(B, N, H)`` hidden states entering the pruning layer.
+        text_attention: ``(B, N)`` mean attention of the text tokens to each candidate
+            (FitPrune's image-text cross attention).
+        self_attention: ``(B, N)`` mean attention of the candidates to each candidate
+            (FitPrune's image self attention).
+        generator: random source of random strategies; seed it for reproducible results.
+    """
+
+    layout: Layout
+    attention: Tensor | None = None
+    keys: Tensor | None = None
+    hidden: Tensor | None = None
+    text_attention: Tensor | None = None
+    self_attention: Tensor | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layout, Layout):
+            raise CueError(f"layout: expected a tokenprune.Layout, got {type(self.layout).__name__}")
+        b, n = self.layout.batch_size, self.layout.num_tokens
+        for name in ("attention", "text_attention", "self_attention"):
+            _check_tensor(name, getattr(self, name), (b, n), self.layout.device)
+        for name in ("keys", "hidden"):
+            _check_tensor(name, getattr(self, name), (b, n, None), self.layout.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.layout.batch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layout.num_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.layout.device
+
+    def available(self) -> frozenset[str]:
+        """Names of the tensor cues that are present."""
+        return frozenset(name for name in CUE_NAMES if getattr(self, name) is not None)
+
+    def require(self, name: str, by: str) -> Tensor:
+        """The cue ``name``, or a `CueError` saying that strategy ``by`` needs it."""
+        value = getattr(self, name)
+        if value is None:
+            present = sorted(self.available()) or ["none"]
+            raise CueError(
+                f"{name}: strategy '{by}' needs the '{name}' cue, but Cues has only "
+                f"{', '.join(present)}; pass {name}=... to Cues (the engine captures it "
+                f"automatically when a pruner requires it)"
+            )
+        return value
+
+    def __getitem__(self, index: int | slice) -> Cues:
+        """Sample ``index`` (kept as a batch of one) or a slice of samples."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (Tensor, Layout)):
+                value = value[index]
+            values[f.name] = value
+        return Cues(**values)
+
+
+def _check_tensor(name: str, t: Tensor | None, shape: tuple, device: torch.device) -> None:
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise CueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        raise CueError(f"{name}: expected shape {expected} to match the layout, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise CueError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    if t.device != device:
+        raise CueError(f"{name}: expected device {device} (the layout's), got {t.device}")

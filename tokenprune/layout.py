@@ -1,0 +1,289 @@
+"""Where every visual token sits: the `Layout` of a batch of candidate tokens.
+
+A layout describes the N candidate (visual) tokens of each of B samples:
+
+- ``positions (B, N, 2)`` float: (row, col) in cells of the token's region, NaN for a
+  token with no place (e.g. LLaVA-NeXT row separators).
+- ``regions (B, N)`` long: region id (tile, sub-image, base image), -1 = no place.
+- ``region_shapes (B, R, 2)`` long: (height, width) of each region in cells; unused
+  region slots (ragged batches) are (0, 0).
+- ``valid (B, N)`` bool: False for padding in ragged batches.
+
+Optional, for pictures and canvas-level strategies:
+
+- ``region_boxes (B, R, 4)`` float: (top, left, bottom, right) of each region on its
+  image, as fractions of the image's height and width; NaN where unknown.
+- ``region_images (B, R)`` long: which image of the sample a region belongs to, -1 unused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import LayoutError
+
+__all__ = ["Layout"]
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """Positions, regions and validity of the N candidate tokens of B samples.
+
+    Build one with `Layout.grid`, `Layout.regions_of`, `Layout.stack`, or directly
+    from tensors (validated on construction; invalid layouts raise `LayoutError`).
+    """
+
+    positions: Tensor
+    regions: Tensor
+    region_shapes: Tensor
+    valid: Tensor
+    region_boxes: Tensor | None = field(default=None)
+    region_images: Tensor | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return self.regions.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the padded number of candidate tokens per sample."""
+        return self.regions.shape[1]
+
+    @property
+    def num_regions(self) -> int:
+        """R, the padded number of regions per sample."""
+        return self.region_shapes.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.regions.device
+
+    @property
+    def placed(self) -> Tensor:
+        """``(B, N)`` bool: valid tokens that have a place on a region grid."""
+        return self.valid & (self.regions >= 0)
+
+    def num_valid(self) -> Tensor:
+        """``(B,)`` long: number of valid candidate tokens per sample."""
+        return self.valid.sum(dim=1)
+
+    def to(self, device: torch.device | str) -> Layout:
+        """The same layout with every tensor on ``device``."""
+        return Layout(
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
+                for f in fields(self)
+            }
+        )
+
+    def __getitem__(self, index: int | slice) -> Layout:
+        """Sample ``index`` (kept as a batch of one) or a slice of samples."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return Layout(
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
+                for f in fields(self)
+            }
+        )
+
+    def __repr__(self) -> str:
+        shapes = [tuple(s) for s in self.region_shapes[0].tolist()] if self.batch_size else []
+        return (
+            f"Layout(B={self.batch_size}, N={self.num_tokens}, R={self.num_regions}, "
+            f"region_shapes[0]={shapes})"
+        )
+
+    # --------------------------------------------------------------- constructors
+    @classmethod
+    def grid(
+        cls, height: int, width: int, batch: int = 1, device: torch.device | str | None = None
+    ) -> Layout:
+        """One ``height x width`` region, tokens row-major (LLaVA-1.5: ``grid(24, 24)``)."""
+        return cls.regions_of([(height, width)], batch=batch, device=device)
+
+    @classmethod
+    def regions_of(
+        cls,
+        shapes: Sequence[tuple[int, int]],
+        batch: int = 1,
+        separators: bool = False,
+        device: torch.device | str | None = None,
+    ) -> Layout:
+        """Several regions one after another, each row-major.
+
+        Args:
+            shapes: ``(height, width)`` of each region, in sequence order.
+            batch: B, the same layout repeated.
+            separators: if True, one token without a place follows every row of every
+                region (the way LLaVA-NeXT lays out its high-resolution grid).
+        """
+        for i, shape in enumerate(shapes):
+            if len(shape) != 2 or any(int(s) < 1 for s in shape):
+                raise LayoutError(
+                    f"shapes[{i}]: expected (height, width) with both >= 1, got {tuple(shape)}"
+                )
+        rows, cols, regs = [], [], []
+        for r, (h, w) in enumerate(shapes):
+            for y in range(h):
+                rows += [float(y)] * w
+                cols += [float(x) for x in range(w)]
+                regs += [r] * w
+                if separators:
+                    rows.append(math.nan)
+                    cols.append(math.nan)
+                    regs.append(-1)
+        positions = torch.tensor([rows, cols], dtype=torch.float32).T
+        positions = positions.reshape(1, -1, 2).expand(batch, -1, -1).contiguous()
+        regions = torch.tensor(regs, dtype=torch.long).expand(batch, -1).contiguous()
+        region_shapes = torch.tensor([list(s) for s in shapes], dtype=torch.long)
+        region_shapes = region_shapes.reshape(1, -1, 2).expand(batch, -1, -1).contiguous()
+        layout = cls(
+            positions=positions,
+            regions=regions,
+            region_shapes=region_shapes,
+            valid=torch.ones_like(regions, dtype=torch.bool),
+        )
+        return layout if device is None else layout.to(device)
+
+    @classmethod
+    def empty(cls, batch: int = 1, device: torch.device | str | None = None) -> Layout:
+        """A layout with no candidate tokens (N = 0, R = 0): nothing to prune."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        return cls(
+            positions=torch.zeros(batch, 0, 2, device=device),
+            regions=torch.zeros(batch, 0, dtype=torch.long, device=device),
+            region_shapes=torch.zeros(batch, 0, 2, dtype=torch.long, device=device),
+            valid=torch.zeros(batch, 0, dtype=torch.bool, device=device),
+        )
+
+    @classmethod
+    def stack(cls, layouts: Sequence[Layout]) -> Layout:
+        """Concatenate layouts along the batch, padding N and R (ragged batches).
+
+        Padded tokens are invalid with no place; padded regions have shape (0, 0).
+        """
+        if not layouts:
+            raise LayoutError("layouts: expected at least one Layout, got an empty sequence")
+        n = max(lay.num_tokens for lay in layouts)
+        r = max(lay.num_regions for lay in layouts)
+        device = layouts[0].device
+
+        def pad(t: Tensor, size: int, dim: int, value: float) -> Tensor:
+            extra = size - t.shape[dim]
+            if extra == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = extra
+            return torch.cat([t, t.new_full(shape, value)], dim=dim)
+
+        has_boxes = any(lay.region_boxes is not None for lay in layouts)
+        has_images = any(lay.region_images is not None for lay in layouts)
+        boxes, images = [], []
+        for lay in layouts:
+            if has_boxes:
+                b = lay.region_boxes
+                if b is None:
+                    b = torch.full((lay.batch_size, lay.num_regions, 4), math.nan, device=device)
+                boxes.append(pad(b.to(device), r, 1, math.nan))
+            if has_images:
+                im = lay.region_images
+                if im is None:
+                    im = torch.zeros(lay.batch_size, lay.num_regions, dtype=torch.long, device=device)
+                images.append(pad(im.to(device), r, 1, -1))
+        return cls(
+            positions=torch.cat([pad(lay.positions.to(device), n, 1, math.nan) for lay in layouts]),
+            regions=torch.cat([pad(lay.regions.to(device), n, 1, -1) for lay in layouts]),
+            region_shapes=torch.cat([pad(lay.region_shapes.to(device), r, 1, 0) for lay in layouts]),
+            valid=torch.cat([pad(lay.valid.to(device), n, 1, False) for lay in layouts]),
+            region_boxes=torch.cat(boxes) if has_boxes else None,
+            region_images=torch.cat(images) if has_images else None,
+        )
+
+
+def _validate(layout: Layout) -> None:
+    """Check shapes, dtypes and the geometric invariants; raise `LayoutError` otherwise."""
+    p, g, s, v = layout.positions, layout.regions, layout.region_shapes, layout.valid
+    for name, t in (("positions", p), ("regions", g), ("region_shapes", s), ("valid", v)):
+        if not isinstance(t, Tensor):
+            raise LayoutError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if g.dim() != 2:
+        raise LayoutError(f"regions: expected shape (B, N), got {tuple(g.shape)}")
+    b, n = g.shape
+    if g.dtype != torch.long:
+        raise LayoutError(f"regions: expected dtype torch.int64, got {g.dtype}")
+    if p.shape != (b, n, 2) or not p.is_floating_point():
+        raise LayoutError(
+            f"positions: expected a float tensor of shape (B, N, 2) = ({b}, {n}, 2), "
+            f"got {p.dtype} {tuple(p.shape)}"
+        )
+    if v.shape != (b, n) or v.dtype != torch.bool:
+        raise LayoutError(
+            f"valid: expected a bool tensor of shape (B, N) = ({b}, {n}), got {v.dtype} {tuple(v.shape)}"
+        )
+    if s.dim() != 3 or s.shape[0] != b or s.shape[2] != 2 or s.dtype != torch.long:
+        raise LayoutError(
+            f"region_shapes: expected a long tensor of shape (B, R, 2) with B = {b}, "
+            f"got {s.dtype} {tuple(s.shape)}"
+        )
+    devices = {t.device for t in (p, g, s, v)}
+    if len(devices) != 1:
+        raise LayoutError(f"layout tensors: expected one device, got {sorted(map(str, devices))}")
+    r = s.shape[1]
+    if layout.region_boxes is not None and layout.region_boxes.shape != (b, r, 4):
+        raise LayoutError(
+            f"region_boxes: expected shape (B, R, 4) = ({b}, {r}, 4), got {tuple(layout.region_boxes.shape)}"
+        )
+    if layout.region_images is not None and layout.region_images.shape != (b, r):
+        raise LayoutError(
+            f"region_images: expected shape (B, R) = ({b}, {r}), got {tuple(layout.region_images.shape)}"
+        )
+    if n == 0:
+        return
+    if bool((s < 0).any()):
+        raise LayoutError(f"region_shapes: expected non-negative sizes, got min {int(s.min())}")
+    if bool(((g < -1) | (g >= r)).any()):
+        raise LayoutError(
+            f"regions: expected ids in [-1, R) = [-1, {r}), got range [{int(g.min())}, {int(g.max())}]"
+        )
+    placed = v & (g >= 0)
+    pos_placed = p[placed]
+    if not bool(torch.isfinite(pos_placed).all()):
+        raise LayoutError("positions: expected finite (row, col) for every token with a region >= 0, got NaN/inf")
+    if not bool((pos_placed == pos_placed.round()).all()):
+        raise LayoutError("positions: expected whole cell indices for tokens with a region, got fractions")
+    if not bool(torch.isnan(p[v & (g < 0)]).all()):
+        raise LayoutError("positions: expected NaN for valid tokens without a region (regions == -1)")
+    shape_of = torch.gather(s, 1, g.clamp(min=0).unsqueeze(-1).expand(-1, -1, 2))[placed].to(p.dtype)
+    if bool(((pos_placed < 0) | (pos_placed >= shape_of)).any()):
+        raise LayoutError("positions: expected 0 <= (row, col) < region_shapes[region] for every placed token")
+    cell = _cell_ids(layout)[placed]
+    sample = torch.arange(b, device=g.device).unsqueeze(1).expand(b, n)[placed]
+    key = sample * (int(cell.max()) + 1 if cell.numel() else 1) + cell
+    if key.numel() != key.unique().numel():
+        raise LayoutError("positions: expected at most one token per (region, row, col) cell, got duplicates")
+
+
+def _cell_ids(layout: Layout) -> Tensor:
+    """``(B, N)`` long: a token's cell in the flattened concatenation of its sample's
+    region grids (row-major per region, regions in id order); -1 without a place."""
+    s = layout.region_shapes
+    area = s[..., 0] * s[..., 1]
+    base = torch.cumsum(area, dim=1) - area
+    g = layout.regions.clamp(min=0)
+    width = torch.gather(s[..., 1], 1, g)
+    cell = torch.gather(base, 1, g) + (
+        torch.nan_to_num(layout.positions[..., 0]).long() * width
+        + torch.nan_to_num(layout.positions[..., 1]).long()
+    )
+    return torch.where(layout.valid & (layout.regions >= 0), cell, torch.full_like(cell, -1))

@@ -1,0 +1,199 @@
+"""Name -> factory registry of strategies, recipes and adapters, filled by pluggy plugins.
+
+Built-ins are plugins like any other (`tokenprune.strategies.builtin`,
+`tokenprune.adapters.builtin`); third-party plugins come from entry points of group
+``tokenprune``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import pluggy
+
+from tokenprune import hookspecs
+from tokenprune.errors import PluginError, SpecError
+
+__all__ = [
+    "KINDS",
+    "Adapter",
+    "Recipe",
+    "Registry",
+    "Strategy",
+    "available",
+    "get_registry",
+    "register_plugin",
+    "reload",
+]
+
+StrategyKind = Literal["score", "transform", "selector", "decay"]
+#: Kinds of registered names, in spec-string order.
+KINDS = ("recipe", "score", "transform", "selector", "decay", "adapter")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: ``factory(**kwargs)`` builds it."""
+
+    name: str
+    kind: StrategyKind
+    factory: Callable[..., Any]
+    description: str
+    plugin: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named pruner: a spec string such as ``"attention | top_k"``."""
+
+    name: str
+    spec: str
+    description: str
+    plugin: str = field(default="", compare=False)
+    kind: str = field(default="recipe", init=False)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A model family: ``matches(model)`` recognises it, ``layout(model, **inputs)``
+    returns the `Layout` of the visual tokens in ``inputs['input_ids']``."""
+
+    name: str
+    matches: Callable[[Any], bool]
+    layout: Callable[..., Any]
+    description: str
+    plugin: str = field(default="", compare=False)
+    kind: str = field(default="adapter", init=False)
+
+
+Entry = Strategy | Recipe | Adapter
+
+
+class Registry:
+    """Every registered name, by kind, with the plugin that provides it."""
+
+    def __init__(self, manager: pluggy.PluginManager) -> None:
+        self.manager = manager
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        for hook, allowed in (
+            (manager.hook.tokenprune_strategies, (Strategy, Recipe)),
+            (manager.hook.tokenprune_adapters, (Adapter,)),
+        ):
+            for impl in hook.get_hookimpls():
+                for entry in impl.function() or []:
+                    self._add(entry, impl.plugin_name, allowed)
+
+    def _add(self, entry: Any, plugin: str, allowed: tuple[type, ...]) -> None:
+        if not isinstance(entry, allowed):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise PluginError(f"plugin '{plugin}': expected {names} entries, got {entry!r}")
+        if entry.kind not in self._entries or entry.kind == "adapter" and not isinstance(entry, Adapter):
+            raise PluginError(f"plugin '{plugin}': entry '{entry.name}' has unknown kind {entry.kind!r}")
+        table = self._entries[entry.kind]
+        if entry.name in table:
+            raise PluginError(
+                f"{entry.kind} '{entry.name}': provided by both plugin '{table[entry.name].plugin}' "
+                f"and plugin '{plugin}'; uninstall one or rename the strategy"
+            )
+        table[entry.name] = replace(entry, plugin=plugin)
+
+    def names(self, kind: str) -> list[str]:
+        """Registered names of ``kind``, sorted."""
+        return sorted(self._entries[kind])
+
+    def entries(self, kind: str) -> list[Entry]:
+        return [self._entries[kind][n] for n in self.names(kind)]
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._entries[kind]
+
+    def get(self, kind: str, name: str) -> Any:
+        """The entry ``name`` of ``kind``, or a `SpecError` with close matches."""
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            known = self.names(kind)
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise SpecError(
+                f"{kind} name: unknown {kind} {name!r}{hint} (registered: {', '.join(known) or 'none'})"
+            ) from None
+
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+_extra_plugins: list[tuple[object, str]] = []
+
+
+def _build() -> Registry:
+    from tokenprune.adapters import builtin as builtin_adapters
+    from tokenprune.strategies import builtin as builtin_strategies
+
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    manager.register(builtin_strategies, name="tokenprune.strategies")
+    manager.register(builtin_adapters, name="tokenprune.adapters")
+    manager.load_setuptools_entrypoints(hookspecs.PROJECT)
+    for plugin, name in _extra_plugins:
+        manager.register(plugin, name=name)
+    return Registry(manager)
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use (entry points are loaded then)."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = _build()
+        return _registry
+
+
+def reload() -> Registry:
+    """Rebuild the registry, e.g. after installing a plugin in a running process."""
+    global _registry
+    with _lock:
+        _registry = None
+    return get_registry()
+
+
+def register_plugin(plugin: object, name: str | None = None) -> Registry:
+    """Register a plugin object (a module or instance with ``@hookimpl`` functions)
+    without an entry point, for notebooks and tests; rebuilds the registry."""
+    name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+    if any(existing == name for _, existing in _extra_plugins):
+        raise PluginError(f"name: a plugin named '{name}' is already registered")
+    _extra_plugins.append((plugin, name))
+    try:
+        return reload()
+    except Exception:
+        _extra_plugins.pop()
+        reload()
+        raise
+
+
+def unregister_plugin(name: str) -> Registry:
+    """Undo `register_plugin` for the plugin called ``name``."""
+    before = len(_extra_plugins)
+    _extra_plugins[:] = [(p, n) for p, n in _extra_plugins if n != name]
+    if len(_extra_plugins) == before:
+        raise PluginError(f"name: no plugin named '{name}' was registered with register_plugin")
+    return reload()
+
+
+def available(kind: str | None = None) -> dict[str, str]:
+    """Registered names with one-line descriptions.
+
+    Args:
+        kind: one of ``"recipe"``, ``"score"``, ``"transform"``, ``"selector"``,
+            ``"decay"``, ``"adapter"``; ``None`` lists all as ``"kind:name"``.
+    """
+    registry = get_registry()
+    if kind is not None:
+        if kind not in KINDS:
+            raise SpecError(f"kind: expected one of {', '.join(KINDS)} or None, got {kind!r}")
+        return {e.name: e.description for e in registry.entries(kind)}
+    return {f"{k}:{e.name}": e.description for k in KINDS for e in registry.entries(k)}

@@ -1,0 +1,1 @@
+"""Built-in strategies: scores, transforms, selectors, soft-NMS decay terms and recipes."""

@@ -1,0 +1,98 @@
+"""Base classes of the three stages of a pruner (score, transform, selector) and of
+the decay terms of ``soft_nms``. Strategies are pure functions of tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from tokenprune.cues import Cues
+    from tokenprune.selection import Selection
+
+__all__ = ["Decay", "DecayContext", "Score", "Selector", "Stage", "Transform"]
+
+
+class Stage:
+    """Common behaviour: a registered ``name``, the cues it ``requires``, and a repr that
+    is a valid spec string (``gaussian(sigma=12.0)``)."""
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def params(self) -> dict[str, object]:
+        """Keyword arguments that rebuild this stage from its registered factory."""
+        if dataclasses.is_dataclass(self):
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {}
+
+    def all_requires(self) -> frozenset[str]:
+        """Cues this stage needs, its parts included."""
+        return self.requires
+
+    def __repr__(self) -> str:
+        params = self.params()
+        if not params:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+
+
+class Score(Stage):
+    """Cues -> ``(B, N)`` scores (higher = more worth keeping)."""
+
+    def __call__(self, cues: Cues) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Transform(Stage):
+    """``(B, N)`` scores -> ``(B, N)`` scores, with the cues (e.g. the layout) at hand."""
+
+    def __call__(self, scores: Tensor, cues: Cues) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Selector(Stage):
+    """``(B, N)`` scores + cues + ``(B,)`` budget -> `Selection`.
+
+    ``uses_budget = False`` marks selectors that ignore ``keep`` (e.g. ``vtw``).
+    """
+
+    uses_budget: ClassVar[bool] = True
+
+    def __call__(self, scores: Tensor, cues: Cues, budget: Tensor) -> Selection:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class DecayContext:
+    """What a decay term sees at one step of ``soft_nms``, for B samples and W window
+    candidates around each sample's newly kept token.
+
+    Attributes:
+        kept: ``(B,)`` long, the token kept at this step.
+        candidates: ``(B, W)`` long, window tokens (clamped to a valid index where
+            ``in_window`` is False; their factors are ignored).
+        in_window: ``(B, W)`` bool.
+        distance2: ``(B, W)`` squared spatial distance in cells to the kept token.
+        keys: ``(B, N, D)`` the key cue, or None.
+        key_inv_norm: ``(B, N)`` 1 / ||key|| in the compute dtype, or None.
+        dtype: the compute dtype (float32, or float64 for float64 scores).
+    """
+
+    kept: Tensor
+    candidates: Tensor
+    in_window: Tensor
+    distance2: Tensor
+    keys: Tensor | None
+    key_inv_norm: Tensor | None
+    dtype: object
+
+
+class Decay(Stage):
+    """One factor of ``soft_nms``'s suppression: ``(B, W)`` values in [0, 1]. The factors
+    of all terms multiply into D and a window token's score becomes ``s * (1 - D)``."""
+
+    def __call__(self, ctx: DecayContext) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
