@@ -1,0 +1,73 @@
+"""Scores: cues -> ``(B, N)`` importance of each candidate token (higher = keep)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tokenprune.cues import Cues
+from tokenprune.strategies.base import Score
+
+__all__ = ["AttentionScore", "FitPruneScore", "LastScore", "NormScore", "RandomScore"]
+
+
+@dataclass(frozen=True, repr=False)
+class AttentionScore(Score):
+    """FastV's cue: attention of the last prompt token to each candidate, mean over heads."""
+
+    name = "attention"
+    requires = frozenset({"attention"})
+
+    def __call__(self, cues: Cues) -> Tensor:
+        return cues.require("attention", self.name)
+
+
+@dataclass(frozen=True, repr=False)
+class RandomScore(Score):
+    """Uniform random scores in [0, 1) from ``cues.generator`` (global RNG if None)."""
+
+    name = "random"
+
+    def __call__(self, cues: Cues) -> Tensor:
+        return torch.rand(
+            cues.batch_size, cues.num_tokens, generator=cues.generator, device=cues.device
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class LastScore(Score):
+    """The token's index: selecting the top k keeps the last k tokens of the sequence."""
+
+    name = "last"
+
+    def __call__(self, cues: Cues) -> Tensor:
+        n = cues.num_tokens
+        return torch.arange(n, device=cues.device, dtype=torch.float32).expand(cues.batch_size, n)
+
+
+@dataclass(frozen=True, repr=False)
+class NormScore(Score):
+    """L2 norm of each candidate's hidden state (a cheap, attention-free cue)."""
+
+    name = "norm"
+    requires = frozenset({"hidden"})
+
+    def __call__(self, cues: Cues) -> Tensor:
+        hidden = cues.require("hidden", self.name)
+        return torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.promote_types(hidden.dtype, torch.float32))
+
+
+@dataclass(frozen=True, repr=False)
+class FitPruneScore(Score):
+    """Single-layer FitPrune: image-text cross attention times image self attention."""
+
+    name = "fitprune"
+    requires = frozenset({"text_attention", "self_attention"})
+
+    def __call__(self, cues: Cues) -> Tensor:
+        text = cues.require("text_attention", self.name)
+        image = cues.require("self_attention", self.name)
+        dtype = torch.promote_types(torch.promote_types(text.dtype, image.dtype), torch.float32)
+        return text.to(dtype) * image.to(dtype)

@@ -1,0 +1,216 @@
+"""AdaptPrune's adaptive Soft-NMS (paper section 4.3, Algorithm 1) and its decay terms.
+
+Greedy: repeat ``budget`` times: keep the highest-scoring token not yet kept (first
+index on ties); multiply the score of every token of the same region within Euclidean
+distance ``radius`` of it (itself and kept tokens included) by ``1 - prod(D_terms)``.
+
+The fast path is batched over samples, never builds an N x N matrix (a window of at
+most ``W ~ pi * radius^2`` tokens is looked up per step), and has no host sync per
+kept token. Its step function is compiled once with dynamic shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from tokenprune.compile import maybe_compiled
+from tokenprune.cues import Cues
+from tokenprune.errors import CueError, SpecError
+from tokenprune.selection import Selection
+from tokenprune.strategies.base import Decay, DecayContext, Selector
+from tokenprune.strategies.grid import disc_offsets, neighbors
+
+__all__ = ["SimilarityDecay", "SoftNMS", "SpatialDecay", "key_inv_norm"]
+
+
+def _check_sigma(arg: str, sigma: object) -> None:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (sigma > 0 and math.isfinite(sigma)):
+        raise SpecError(f"{arg}: expected a positive finite number, got {sigma!r}")
+
+
+@dataclass(frozen=True, repr=False)
+class SpatialDecay(Decay):
+    """Paper eq. (1): ``exp(-d^2 / (2 sigma^2))``, d in cells."""
+
+    sigma: float = 1.5
+    name = "spatial"
+
+    def __post_init__(self) -> None:
+        _check_sigma("spatial sigma", self.sigma)
+
+    def __call__(self, ctx: DecayContext) -> Tensor:
+        return torch.exp(-ctx.distance2 / (2.0 * self.sigma**2))
+
+
+@dataclass(frozen=True, repr=False)
+class SimilarityDecay(Decay):
+    """Paper eq. (2): ``exp(-(1 - cos(key_i, key_j))^2 / (2 sigma^2))``."""
+
+    sigma: float = 0.05
+    name = "similarity"
+    requires = frozenset({"keys"})
+
+    def __post_init__(self) -> None:
+        _check_sigma("similarity sigma", self.sigma)
+
+    def __call__(self, ctx: DecayContext) -> Tensor:
+        keys, inv = ctx.keys, ctx.key_inv_norm
+        b, w = ctx.candidates.shape
+        kept_key = torch.gather(keys, 1, ctx.kept.view(b, 1, 1).expand(b, 1, keys.shape[-1]))
+        cand_key = torch.gather(keys, 1, ctx.candidates.unsqueeze(-1).expand(b, w, keys.shape[-1]))
+        dot = (cand_key.to(ctx.dtype) * kept_key.to(ctx.dtype)).sum(-1)
+        cos = dot * torch.gather(inv, 1, ctx.candidates) * torch.gather(inv, 1, ctx.kept.view(b, 1))
+        return torch.exp(-((1.0 - cos) ** 2) / (2.0 * self.sigma**2))
+
+
+def key_inv_norm(keys: Tensor, dtype: torch.dtype, chunk: int = 2048) -> Tensor:
+    """``(B, N)`` 1 / max(||key||, 1e-12) in ``dtype``, computed in chunks of N so that no
+    full-size upcast copy of ``keys (B, N, D)`` is made."""
+    parts = [
+        torch.linalg.vector_norm(keys[:, i : i + chunk], dim=-1, dtype=dtype)
+        for i in range(0, keys.shape[1], chunk)
+    ]
+    norm = torch.cat(parts, dim=1) if parts else keys.new_zeros(keys.shape[:2], dtype=dtype)
+    return 1.0 / norm.clamp(min=1e-12)
+
+
+def _suppress(scores: Tensor, candidates: Tensor, in_window: Tensor, ctx: DecayContext, decays) -> Tensor:
+    factor = torch.ones_like(scores[:, :1]).expand_as(candidates)
+    for decay in decays:
+        factor = factor * decay(ctx)
+    factor = torch.where(in_window, 1.0 - factor, torch.ones_like(factor))
+    # Out-of-window entries point at index 0 with factor 1: a product leaves it unchanged.
+    return scores.scatter_reduce(1, candidates, factor, reduce="prod", include_self=True)
+
+
+def _window_step(
+    scores: Tensor,
+    taken: Tensor,
+    window: Tensor,
+    distance2: Tensor,
+    keys: Tensor | None,
+    inv_norm: Tensor | None,
+    decays: tuple[Decay, ...],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One greedy step with a precomputed window.
+
+    Args:
+        scores: ``(B, N)`` compute dtype, -inf on padding.
+        taken: ``(B, N)`` bool, tokens kept so far.
+        window: ``(B, N, W)`` int32 neighbour indices (-1 = none), see `neighbors`.
+        distance2: ``(W,)`` squared distance of each window offset.
+
+    Returns:
+        new scores, new taken, and the ``(B,)`` index kept at this step.
+    """
+    b = scores.shape[0]
+    kept = scores.masked_fill(taken, float("-inf")).argmax(dim=1)
+    taken = taken.scatter(1, kept.unsqueeze(1), True)
+    cand = torch.gather(window, 1, kept.view(b, 1, 1).expand(b, 1, window.shape[2])).squeeze(1).long()
+    in_window = cand >= 0
+    cand = cand.clamp(min=0)
+    ctx = DecayContext(kept, cand, in_window, distance2.expand_as(in_window), keys, inv_norm, scores.dtype)
+    return _suppress(scores, cand, in_window, ctx, decays), taken, kept
+
+
+def _dense_step(
+    scores: Tensor,
+    taken: Tensor,
+    positions: Tensor,
+    regions: Tensor,
+    keys: Tensor | None,
+    inv_norm: Tensor | None,
+    decays: tuple[Decay, ...],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One greedy step without a radius: the window is the kept token's whole region.
+
+    ``positions (B, N, 2)`` (NaN-free, compute dtype) and ``regions (B, N)`` long with -1
+    for tokens that have no place or are padding.
+    """
+    b, n = scores.shape
+    kept = scores.masked_fill(taken, float("-inf")).argmax(dim=1)
+    taken = taken.scatter(1, kept.unsqueeze(1), True)
+    kept_region = torch.gather(regions, 1, kept.unsqueeze(1))
+    in_window = (regions == kept_region) & (kept_region >= 0)
+    kept_pos = torch.gather(positions, 1, kept.view(b, 1, 1).expand(b, 1, 2))
+    distance2 = ((positions - kept_pos) ** 2).sum(-1)
+    cand = torch.arange(n, device=scores.device).expand(b, n)
+    ctx = DecayContext(kept, cand, in_window, distance2, keys, inv_norm, scores.dtype)
+    return _suppress(scores, cand, in_window, ctx, decays), taken, kept
+
+
+_compiled_window_step = maybe_compiled(_window_step)
+_compiled_dense_step = maybe_compiled(_dense_step)
+
+
+@dataclass(frozen=True, repr=False)
+class SoftNMS(Selector):
+    """Adaptive Soft-NMS. ``radius`` in cells (None: whole region); ``decays`` multiply
+    into the suppression factor (none at all: hard NMS inside the window)."""
+
+    radius: float | None = 5.0
+    decays: tuple[Decay, ...] = field(default_factory=lambda: (SpatialDecay(1.5), SimilarityDecay(0.05)))
+    name = "soft_nms"
+
+    def __post_init__(self) -> None:
+        if self.radius is not None:
+            _check_sigma("soft_nms radius", self.radius)
+        for d in self.decays:
+            if not isinstance(d, Decay):
+                raise SpecError(f"soft_nms decays: expected tokenprune Decay terms, got {d!r}")
+
+    def all_requires(self) -> frozenset[str]:
+        out = self.requires
+        for d in self.decays:
+            out |= d.all_requires()
+        return out
+
+    def params(self) -> dict[str, object]:
+        out: dict[str, object] = {"radius": self.radius}
+        present = {d.name for d in self.decays}
+        for default in ("spatial", "similarity"):
+            if default not in present:
+                out[default] = None
+        for d in self.decays:
+            p = d.params()
+            out[d.name] = next(iter(p.values())) if len(p) == 1 else (p or True)
+        return out
+
+    def __call__(self, scores: Tensor, cues: Cues, budget: Tensor) -> Selection:
+        layout = cues.layout
+        dtype = scores.dtype
+        keys = inv = None
+        if "keys" in self.all_requires():
+            keys = cues.require("keys", self.name)
+            inv = key_inv_norm(keys, dtype)
+        if bool((scores[layout.valid] < 0).any()):
+            raise CueError(
+                "scores: soft_nms multiplies scores by suppression factors and needs them >= 0, "
+                f"got min {float(scores[layout.valid].min()):.4g}"
+            )
+        steps = int(budget.max()) if budget.numel() else 0
+        taken = torch.zeros_like(layout.valid)
+        kept = []
+        if self.radius is not None:
+            offsets = disc_offsets(self.radius)
+            window = neighbors(layout, offsets)
+            distance2 = (offsets**2).sum(-1).to(device=scores.device, dtype=dtype)
+            for _ in range(steps):
+                scores, taken, index = _compiled_window_step(scores, taken, window, distance2, keys, inv, self.decays)
+                kept.append(index)
+        else:
+            positions = torch.nan_to_num(layout.positions).to(dtype)
+            regions = torch.where(layout.placed, layout.regions, -1)
+            for _ in range(steps):
+                scores, taken, index = _compiled_dense_step(scores, taken, positions, regions, keys, inv, self.decays)
+                kept.append(index)
+        order = torch.stack(kept, dim=1) if kept else budget.new_zeros(budget.shape[0], 0)
+        take = torch.arange(steps, device=scores.device).unsqueeze(0) < budget.unsqueeze(1)
+        # Steps past a sample's budget may repeat an index; counting keeps the mask exact.
+        hits = torch.zeros(order.shape[0], layout.num_tokens, dtype=torch.long, device=scores.device)
+        mask = hits.scatter_add(1, order, take.long()) > 0
+        return Selection.from_mask(mask, scores)

@@ -1,0 +1,91 @@
+"""Transforms: ``(B, N)`` scores -> ``(B, N)`` scores, within each region of the layout."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tokenprune.cues import Cues
+from tokenprune.errors import SpecError
+from tokenprune.layout import Layout
+from tokenprune.strategies.base import Transform
+from tokenprune.strategies.grid import neighbors, square_offsets
+
+__all__ = ["AvgPool", "Gaussian", "gaussian_map"]
+
+
+def _axis_coordinate(index: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+    """Coordinate of cell ``index`` on ``linspace(-size/2, size/2, size)``, and the
+    smallest |coordinate| of that axis (the centre cell's)."""
+    size_f = size.to(torch.float64)
+    step = torch.where(size > 1, size_f / (size_f - 1).clamp(min=1), torch.zeros_like(size_f))
+    coord = -size_f / 2 + index.to(torch.float64) * step
+    coord = torch.where(size > 1, coord, torch.zeros_like(coord))
+    centre = (-size_f / 2 + torch.div(size - 1, 2, rounding_mode="floor").to(torch.float64) * step).abs()
+    return coord, torch.where(size > 1, centre, torch.zeros_like(centre))
+
+
+def gaussian_map(layout: Layout, sigma: float | None = None) -> Tensor:
+    """``(B, N)`` centre-correction factor of each token (1 for tokens without a place).
+
+    For a region of h x w cells, rows sit on ``linspace(-h/2, h/2, h)`` and columns on
+    ``linspace(-w/2, w/2, w)``; the factor is ``exp(-(y^2 / (2 sy^2) + x^2 / (2 sx^2)))``
+    divided by its maximum over the region. ``sigma=None`` uses ``sy = h/2, sx = w/2``:
+    for LLaVA-1.5's 24 x 24 grid that is the authors' ``sigma = 12`` on ``linspace(-12, 12, 24)``.
+    """
+    region = layout.regions.clamp(min=0)
+    shapes = layout.region_shapes
+    h = torch.gather(shapes[..., 0], 1, region)
+    w = torch.gather(shapes[..., 1], 1, region)
+    pos = torch.nan_to_num(layout.positions).long()
+    y, y0 = _axis_coordinate(pos[..., 0], h)
+    x, x0 = _axis_coordinate(pos[..., 1], w)
+    if sigma is None:
+        sy, sx = h.to(torch.float64) / 2, w.to(torch.float64) / 2
+    else:
+        sy = sx = torch.full_like(y, float(sigma))
+    sy, sx = sy.clamp(min=1e-12), sx.clamp(min=1e-12)
+    exponent = (y**2 - y0**2) / (2 * sy**2) + (x**2 - x0**2) / (2 * sx**2)
+    factor = torch.exp(-exponent)
+    return torch.where(layout.placed, factor, torch.ones_like(factor))
+
+
+@dataclass(frozen=True, repr=False)
+class Gaussian(Transform):
+    """AdaptPrune's distribution correction: multiply scores by a centred Gaussian,
+    per region (see `gaussian_map`). ``sigma`` in cells, or None for half the region side."""
+
+    sigma: float | None = None
+    name = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.sigma is not None and not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
+            raise SpecError(f"gaussian sigma: expected a positive number of cells or None, got {self.sigma!r}")
+
+    def __call__(self, scores: Tensor, cues: Cues) -> Tensor:
+        return scores * gaussian_map(cues.layout, self.sigma).to(scores.dtype)
+
+
+@dataclass(frozen=True, repr=False)
+class AvgPool(Transform):
+    """``size x size`` average of scores, stride 1, inside each region; cells outside the
+    region do not count (no zero padding). Tokens without a place keep their score."""
+
+    size: int = 3
+    name = "avg_pool"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1 or self.size % 2 == 0:
+            raise SpecError(f"avg_pool size: expected an odd int >= 1, got {self.size!r}")
+
+    def __call__(self, scores: Tensor, cues: Cues) -> Tensor:
+        nbr = neighbors(cues.layout, square_offsets(self.size)).long()  # (B, N, W)
+        present = nbr >= 0
+        values = torch.gather(scores, 1, nbr.clamp(min=0).flatten(1)).view_as(nbr)
+        total = torch.where(present, values, torch.zeros_like(values)).sum(-1)
+        count = present.sum(-1)
+        pooled = total / count.clamp(min=1).to(scores.dtype)
+        return torch.where(count > 0, pooled, scores)
