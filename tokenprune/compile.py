@@ -62,6 +62,10 @@ def maybe_compiled(fn: F) -> F:
         nonlocal failed
         if not _enabled or failed:
             return fn(*args, **kwargs)
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                for dim in range(min(arg.dim(), 2)):
+                    torch._dynamo.maybe_mark_dynamic(arg, dim)
         try:
             return compiled(*args, **kwargs)
         except Exception as exc:  # compile toolchain missing or backend error

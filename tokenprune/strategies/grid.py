@@ -33,7 +33,7 @@ def square_offsets(size: int) -> Tensor:
     return torch.cartesian_prod(d, d)
 
 
-def neighbors(layout: Layout, offsets: Tensor) -> Tensor:
+def neighbors(layout: Layout, offsets: Tensor, chunk: int = 2048) -> Tensor:
     """Index of the token at each offset from each token, inside the same region.
 
     Args:
@@ -56,15 +56,17 @@ def neighbors(layout: Layout, offsets: Tensor) -> Tensor:
     table.scatter_(1, torch.where(placed, cells, table.shape[1] - 1), torch.where(placed, token, -1))
     table[:, -1] = -1  # the scratch cell absorbs unplaced tokens
     region = layout.regions.clamp(min=0)
-    height = torch.gather(shapes[..., 0], 1, region)
-    width = torch.gather(shapes[..., 1], 1, region)
-    row = torch.nan_to_num(layout.positions[..., 0]).long()
-    col = torch.nan_to_num(layout.positions[..., 1]).long()
+    height = torch.gather(shapes[..., 0], 1, region).unsqueeze(-1)
+    width = torch.gather(shapes[..., 1], 1, region).unsqueeze(-1)
+    row = torch.nan_to_num(layout.positions[..., 0]).long().unsqueeze(-1)
+    col = torch.nan_to_num(layout.positions[..., 1]).long().unsqueeze(-1)
+    dr, dc = offsets[:, 0], offsets[:, 1]
     out = torch.empty(b, n, offsets.shape[0], dtype=torch.int32, device=device)
-    # One (B, N) pass per offset keeps memory at O(B * N) instead of O(B * N * W) temporaries.
-    for w, (dr, dc) in enumerate(offsets.tolist()):
-        r, c = row + dr, col + dc
-        inside = placed & (r >= 0) & (r < height) & (c >= 0) & (c < width)
-        cell = torch.where(inside, cells + dr * width + dc, table.shape[1] - 1)
-        out[:, :, w] = torch.gather(table, 1, cell).to(torch.int32)
+    # Chunks of tokens bound the (B, chunk, W) int64 temporaries (N = 10,000 stays small).
+    for lo in range(0, n, chunk):
+        part = slice(lo, lo + chunk)
+        r, c = row[:, part] + dr, col[:, part] + dc
+        inside = placed[:, part].unsqueeze(-1) & (r >= 0) & (r < height[:, part]) & (c >= 0) & (c < width[:, part])
+        cell = torch.where(inside, cells[:, part].unsqueeze(-1) + dr * width[:, part] + dc, table.shape[1] - 1)
+        out[:, part] = torch.gather(table, 1, cell.flatten(1)).view_as(cell).to(torch.int32)
     return out

@@ -143,8 +143,29 @@ def _dense_step(
     return _suppress(scores, cand, in_window, ctx, decays), taken, kept
 
 
-_compiled_window_step = maybe_compiled(_window_step)
-_compiled_dense_step = maybe_compiled(_dense_step)
+#: Greedy steps per compiled call: amortises the call overhead without tying the graph to K.
+UNROLL = 8
+
+
+def _unrolled(step):
+    """``UNROLL`` calls of ``step``; a sample whose ``remaining (B,)`` budget is used up
+    keeps its scores, so its final scores are those after exactly ``budget`` steps."""
+
+    def steps(scores: Tensor, taken: Tensor, remaining: Tensor, *args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        kept = []
+        for _ in range(UNROLL):
+            new_scores, taken, index = step(scores, taken, *args)
+            scores = torch.where((remaining > 0).unsqueeze(1), new_scores, scores)
+            remaining = remaining - 1
+            kept.append(index)
+        return scores, taken, remaining, torch.stack(kept, dim=1)
+
+    steps.__name__ = f"unrolled_{step.__name__}"
+    return steps
+
+
+_window_steps = maybe_compiled(_unrolled(_window_step))
+_dense_steps = maybe_compiled(_unrolled(_dense_step))
 
 
 @dataclass(frozen=True, repr=False)
@@ -193,23 +214,22 @@ class SoftNMS(Selector):
                 f"got min {float(scores[layout.valid].min()):.4g}"
             )
         steps = int(budget.max()) if budget.numel() else 0
-        taken = torch.zeros_like(layout.valid)
-        kept = []
         if self.radius is not None:
             offsets = disc_offsets(self.radius)
-            window = neighbors(layout, offsets)
             distance2 = (offsets**2).sum(-1).to(device=scores.device, dtype=dtype)
-            for _ in range(steps):
-                scores, taken, index = _compiled_window_step(scores, taken, window, distance2, keys, inv, self.decays)
-                kept.append(index)
+            run, args = _window_steps, (neighbors(layout, offsets), distance2, keys, inv, self.decays)
         else:
             positions = torch.nan_to_num(layout.positions).to(dtype)
             regions = torch.where(layout.placed, layout.regions, -1)
-            for _ in range(steps):
-                scores, taken, index = _compiled_dense_step(scores, taken, positions, regions, keys, inv, self.decays)
-                kept.append(index)
-        order = torch.stack(kept, dim=1) if kept else budget.new_zeros(budget.shape[0], 0)
-        take = torch.arange(steps, device=scores.device).unsqueeze(0) < budget.unsqueeze(1)
+            run, args = _dense_steps, (positions, regions, keys, inv, self.decays)
+        taken = torch.zeros_like(layout.valid)
+        remaining = budget.clone()
+        kept = []
+        for _ in range(0, steps, UNROLL):
+            scores, taken, remaining, index = run(scores, taken, remaining, *args)
+            kept.append(index)
+        order = torch.cat(kept, dim=1) if kept else budget.new_zeros(budget.shape[0], 0)
+        take = torch.arange(order.shape[1], device=scores.device).unsqueeze(0) < budget.unsqueeze(1)
         # Steps past a sample's budget may repeat an index; counting keeps the mask exact.
         hits = torch.zeros(order.shape[0], layout.num_tokens, dtype=torch.long, device=scores.device)
         mask = hits.scatter_add(1, order, take.long()) > 0
