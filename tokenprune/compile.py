@@ -48,13 +48,16 @@ def compile_mode(enabled: bool):
 
 
 def maybe_compiled(fn: F) -> F:
-    """``fn`` compiled with dynamic shapes when compilation is enabled, else ``fn``.
+    """``fn`` compiled when compilation is enabled, else ``fn``.
 
-    The compiled function is built once; dynamo caches one graph per (dtype, device)
-    and keeps sizes symbolic, so new N, K, B or D do not recompile. If compilation
-    raises, the failure is reported once and ``fn`` runs eagerly from then on.
+    The compiled function is built once. Before each call the two leading dims of
+    every tensor argument (batch-first: B and N) are marked dynamic, so a new B or N
+    does not recompile (dynamo specialises B = 1, so going from one sample to several
+    compiles once more); trailing dims such as the key width D stay static, which lets
+    inductor vectorise over them. If compilation raises, the failure is reported once
+    and ``fn`` runs eagerly from then on.
     """
-    compiled = torch.compile(fn, dynamic=True)
+    compiled = torch.compile(fn, dynamic=None)
     failed = False
 
     @functools.wraps(fn)
