@@ -1,0 +1,48 @@
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+# The CPU wheel of torch on this machine kind; install it before anything that
+# depends on torch, or pip resolves a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """The whole test suite, with the example plugin pip-installed from tests/plugin_pkg."""
+    _install(session, "test")
+    session.install("./tests/plugin_pkg")
+    session.env["HYPOTHESIS_PROFILE"] = "ci"
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff on the package, tests and benchmarks."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "tokenprune", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation with ``mkdocs build --strict``."""
+    _install(session, "docs")
+    session.run("mkdocs", "build", "--strict")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Selector and prefill benchmarks (not part of CI)."""
+    _install(session, "test")
+    session.run("python", "benchmarks/selectors.py", *session.posargs)
+    session.run("python", "benchmarks/prefill.py", *session.posargs)
