@@ -1,0 +1,54 @@
+"""Hypothesis strategies: ragged batches of layouts, distinct or tied scores, keys."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from tokenprune import Layout
+
+
+@st.composite
+def sample_layouts(draw, max_regions: int = 3, max_side: int = 9) -> Layout:
+    shapes = draw(
+        st.lists(
+            st.tuples(st.integers(1, max_side), st.integers(1, max_side)), min_size=1, max_size=max_regions
+        )
+    )
+    return Layout.regions_of(shapes, separators=draw(st.booleans()))
+
+
+@st.composite
+def layouts(draw, max_batch: int = 3, **kwargs) -> Layout:
+    """A ragged batch: each sample its own regions (and maybe separators)."""
+    return Layout.stack([draw(sample_layouts(**kwargs)) for _ in range(draw(st.integers(1, max_batch)))])
+
+
+@st.composite
+def scores_for(draw, layout: Layout, ties: bool = False, dtype=torch.float64) -> torch.Tensor:
+    """(B, N) non-negative scores; distinct unless ``ties`` (then few distinct values)."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    shape = (layout.batch_size, layout.num_tokens)
+    if ties:
+        return torch.randint(0, 3, shape, generator=g).to(dtype) / 2
+    return torch.rand(shape, generator=g, dtype=torch.float64).to(dtype) + 1e-3
+
+
+@st.composite
+def keys_for(draw, layout: Layout, dim: int | None = None, dtype=torch.float64) -> torch.Tensor:
+    """(B, N, D) keys; a few duplicated directions so similarity decay matters."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    d = dim or draw(st.integers(2, 6))
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(layout.batch_size, 3, d, generator=g, dtype=torch.float64)
+    pick = torch.randint(0, 3, (layout.batch_size, layout.num_tokens), generator=g)
+    keys = torch.gather(base, 1, pick.unsqueeze(-1).expand(-1, -1, d))
+    keys = keys + 0.3 * torch.randn(keys.shape, generator=g, dtype=torch.float64)
+    return keys.to(dtype)
+
+
+def keep_values(layout: Layout):
+    """Fractions, or counts no larger than the smallest valid count."""
+    smallest = int(layout.num_valid().min())
+    return st.one_of(st.floats(0.01, 1.0), st.integers(1, max(1, smallest)))
