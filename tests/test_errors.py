@@ -1,0 +1,143 @@
+"""Bad input raises a clear error naming the argument, expected and received value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune import CueError, Cues, Layout, LayoutError, SpecError
+
+
+@pytest.fixture
+def cues():
+    return Cues(Layout.grid(6, 6), attention=torch.rand(1, 36), keys=torch.randn(1, 36, 4))
+
+
+def test_mismatched_attention_shape():
+    with pytest.raises(CueError, match=r"attention: expected shape \(1, 36\).*got \(1, 35\)"):
+        Cues(Layout.grid(6, 6), attention=torch.rand(1, 35))
+
+
+def test_mismatched_keys_shape():
+    with pytest.raises(CueError, match=r"keys: expected shape \(1, 36, \*\).*got \(2, 36, 4\)"):
+        Cues(Layout.grid(6, 6), keys=torch.randn(2, 36, 4))
+
+
+def test_integer_attention_rejected():
+    with pytest.raises(CueError, match="attention: expected a floating-point tensor, got torch.int64"):
+        Cues(Layout.grid(2, 2), attention=torch.ones(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_attention(bad, cues):
+    cues.attention[0, 7] = bad
+    before = cues.attention.clone()
+    with pytest.raises(CueError, match="attention: expected finite values, got NaN/inf.*token 7"):
+        tokenprune.pruner("fastv", keep=3)(cues)
+    assert torch.equal(cues.attention.nan_to_num(), before.nan_to_num())  # input untouched
+
+
+def test_non_finite_keys(cues):
+    cues.keys[0, 3, 1] = float("nan")
+    with pytest.raises(CueError, match="keys: expected finite values.*token 3"):
+        tokenprune.pruner("adaptprune", keep=3)(cues)
+
+
+def test_nan_on_padding_is_ignored():
+    layout = Layout.stack([Layout.grid(2, 2), Layout.grid(3, 3)])
+    attention = torch.rand(2, 9)
+    attention[0, 5] = float("nan")  # padding of sample 0
+    selection = tokenprune.pruner("fastv", keep=2)(Cues(layout, attention=attention))
+    assert selection.counts.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("keep", [0, -1, 0.0, 1.5, float("nan"), True, "0.1", None])
+def test_bad_keep(keep):
+    with pytest.raises(SpecError, match="keep"):
+        tokenprune.pruner("fastv", keep=keep)
+
+
+def test_keep_larger_than_n(cues):
+    with pytest.raises(SpecError, match="keep: expected at most the number of valid candidates, got keep=37.*N=36"):
+        tokenprune.pruner("fastv", keep=37)(cues)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["attention | gaussian(sigma=-1) | top_k", "attention | soft_nms(spatial=-1.5)", "attention | soft_nms(radius=0)"],
+)
+def test_negative_sigma(spec):
+    with pytest.raises(SpecError, match="expected a positive"):
+        tokenprune.pruner(spec, keep=3)
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(SpecError, match=r"unknown recipe 'adaptprun'; did you mean 'adaptprune'"):
+        tokenprune.pruner("adaptprun", keep=0.1)
+
+
+def test_unknown_stage_suggests():
+    with pytest.raises(SpecError, match=r"unknown transform 'gausian'; did you mean 'gaussian'"):
+        tokenprune.pruner("attention | gausian | top_k", keep=0.1)
+
+
+def test_stage_in_wrong_position():
+    with pytest.raises(SpecError, match="'top_k' is a selector, but this position needs a score"):
+        tokenprune.pruner("top_k | attention", keep=0.1)
+
+
+def test_bad_stage_argument():
+    with pytest.raises(SpecError, match="top_k: bad arguments"):
+        tokenprune.pruner("attention | top_k(k=3)", keep=0.1)
+
+
+def test_missing_cue():
+    cues = Cues(Layout.grid(4, 4), attention=torch.rand(1, 16))
+    with pytest.raises(CueError, match="keys: pruner .* needs cue\\(s\\) keys \\(for soft_nms\\) but Cues has only attention"):
+        tokenprune.pruner("adaptprune", keep=3)(cues)
+
+
+def test_soft_nms_rejects_negative_scores():
+    cues = Cues(Layout.grid(4, 4), hidden=torch.randn(1, 16, 3), keys=torch.randn(1, 16, 3))
+    layout = cues.layout
+
+    class Negative(tokenprune.strategies.base.Score):
+        name = "negative"
+
+        def __call__(self, c):
+            return -torch.ones(1, layout.num_tokens)
+
+    pruner = tokenprune.Pruner(Negative(), (), tokenprune.pruner("adaptprune", keep=2).selector, keep=2)
+    with pytest.raises(CueError, match="soft_nms .* needs them >= 0, got min -1"):
+        pruner(cues)
+
+
+def test_layout_positions_outside_region():
+    layout = Layout.grid(2, 2)
+    positions = layout.positions.clone()
+    positions[0, 3, 1] = 5
+    with pytest.raises(LayoutError, match=r"0 <= \(row, col\) < region_shapes"):
+        Layout(positions, layout.regions, layout.region_shapes, layout.valid)
+
+
+def test_layout_duplicate_cells():
+    layout = Layout.grid(2, 2)
+    positions = layout.positions.clone()
+    positions[0, 1] = positions[0, 0]
+    with pytest.raises(LayoutError, match="at most one token per"):
+        Layout(positions, layout.regions, layout.region_shapes, layout.valid)
+
+
+def test_layout_region_id_out_of_range():
+    layout = Layout.grid(2, 2)
+    regions = layout.regions.clone()
+    regions[0, 0] = 3
+    with pytest.raises(LayoutError, match=r"regions: expected ids in \[-1, R\) = \[-1, 1\)"):
+        Layout(layout.positions, regions, layout.region_shapes, layout.valid)
+
+
+def test_spec_syntax_errors():
+    for spec in ["attention || top_k", "attention | top_k(3)", "attention | top_k(x=foo)", "attention | top_k("]:
+        with pytest.raises(SpecError, match="spec|stage"):
+            tokenprune.pruner(spec, keep=1)

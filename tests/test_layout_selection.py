@@ -1,0 +1,59 @@
+"""Layout constructors and Selection / keep semantics."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokenprune import Layout, Selection
+from tokenprune.selection import resolve_keep
+
+
+def test_grid_is_row_major():
+    layout = Layout.grid(2, 3)
+    assert layout.positions[0].tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
+    assert layout.region_shapes.tolist() == [[[2, 3]]]
+    assert bool(layout.valid.all()) and layout.regions.unique().tolist() == [0]
+
+
+def test_regions_with_separators():
+    layout = Layout.regions_of([(1, 2), (2, 2)], separators=True)
+    assert layout.regions[0].tolist() == [0, 0, -1, 1, 1, -1, 1, 1, -1]
+    assert bool(torch.isnan(layout.positions[0, 2]).all())
+    assert layout.placed.sum().item() == 6
+
+
+def test_stack_pads_tokens_and_regions():
+    a, b = Layout.grid(2, 2), Layout.regions_of([(3, 3), (1, 1)])
+    stacked = Layout.stack([a, b])
+    assert (stacked.batch_size, stacked.num_tokens, stacked.num_regions) == (2, 10, 2)
+    assert stacked.num_valid().tolist() == [4, 10]
+    assert stacked.region_shapes[0].tolist() == [[2, 2], [0, 0]]
+    assert torch.equal(stacked[1].positions, b.positions)
+    assert torch.equal(stacked[0].regions[:, :4], a.regions)
+
+
+def test_empty_layout():
+    layout = Layout.empty(batch=2)
+    assert layout.num_tokens == 0 and layout.num_valid().tolist() == [0, 0]
+
+
+@given(n=st.integers(1, 20000), keep=st.floats(1e-4, 1.0))
+def test_fraction_floors_like_the_authors(n, keep):
+    (k,) = resolve_keep(keep, torch.tensor([n])).tolist()
+    assert k == max(1, math.floor(n * keep))
+
+
+def test_576_at_ten_percent_is_57():
+    assert resolve_keep(0.1, torch.tensor([576, 2880, 0])).tolist() == [57, 288, 0]
+
+
+def test_from_ranking_sorts_and_pads():
+    order = torch.tensor([[3, 1, 0, 2], [2, 0, 1, 3]])
+    selection = Selection.from_ranking(order, torch.tensor([2, 1]), torch.zeros(2, 4))
+    assert selection.indices.tolist() == [[1, 3], [2, -1]]
+    assert selection.mask.tolist() == [[False, True, False, True], [False, False, True, False]]
+    assert selection.counts.tolist() == [2, 1]

@@ -1,0 +1,114 @@
+"""Registry, spec strings, recipes, overrides and the pip-installed example plugin."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune import Cues, Layout, PluginError
+from tokenprune.registry import get_registry
+from tokenprune.strategies.selectors import TopK
+
+TABLE_5 = ["fitprune", "skip", "random", "grid_random", "grid_max", "avg_pool", "last"]
+
+
+def test_available_lists_every_kind_with_descriptions():
+    names = tokenprune.available()
+    for recipe in ["fastv", "adaptprune", "adaptprune_spatial", "adaptprune_correction", "vtw", *TABLE_5]:
+        assert f"recipe:{recipe}" in names
+    for name in ["score:attention", "score:random", "score:last", "score:norm", "transform:gaussian",
+                 "transform:avg_pool", "selector:top_k", "selector:soft_nms", "selector:grid_max",
+                 "selector:grid_random", "selector:skip", "selector:vtw", "decay:spatial", "decay:similarity"]:
+        assert name in names
+    assert all(isinstance(d, str) and d for d in names.values())
+
+
+def test_builtins_register_through_the_public_hook():
+    registry = get_registry()
+    assert registry.get("selector", "soft_nms").plugin == "tokenprune.strategies"
+    impls = registry.manager.hook.tokenprune_strategies.get_hookimpls()
+    assert "tokenprune.strategies" in {i.plugin_name for i in impls}
+
+
+def test_recipe_specs_round_trip():
+    for name in tokenprune.available("recipe"):
+        pruner = tokenprune.pruner(name, keep=0.1)
+        again = tokenprune.pruner(pruner.spec, keep=0.1)
+        assert again.spec == pruner.spec
+
+
+def test_adaptprune_recipe_is_the_authors_configuration():
+    pruner = tokenprune.pruner("adaptprune", keep=0.1)
+    assert pruner.spec == "attention | gaussian(sigma=None) | soft_nms(radius=5.0, spatial=1.5, similarity=0.05)"
+    assert pruner.requires == {"attention", "keys"}
+
+
+def test_spec_string_equals_recipe():
+    layout = Layout.grid(24, 24)
+    g = torch.Generator().manual_seed(0)
+    cues = Cues(layout, attention=torch.rand(1, 576, generator=g), keys=torch.randn(1, 576, 8, generator=g))
+    a = tokenprune.pruner("adaptprune", keep=57)(cues)
+    b = tokenprune.pruner("attention | gaussian(sigma=12) | soft_nms(radius=5, spatial=1.5, similarity=0.05)", keep=57)(cues)
+    assert torch.equal(a.indices, b.indices)
+
+
+def test_overrides_reach_the_stage_that_accepts_them():
+    pruner = tokenprune.pruner("adaptprune", keep=0.1, radius=3, similarity=None)
+    assert pruner.selector.radius == 3
+    assert [d.name for d in pruner.selector.decays] == ["spatial"]
+    with pytest.raises(tokenprune.SpecError, match="exactly one stage"):
+        tokenprune.pruner("fastv", keep=0.1, radius=3)
+
+
+def test_objects_compose():
+    from tokenprune.strategies.scores import AttentionScore
+    from tokenprune.strategies.transforms import Gaussian
+
+    pruner = tokenprune.pruner([AttentionScore(), Gaussian(), TopK()], keep=5)
+    assert pruner.spec == "attention | gaussian(sigma=None) | top_k"
+    cues = Cues(Layout.grid(4, 4), attention=torch.rand(1, 16))
+    assert pruner(cues).indices.shape == (1, 5)
+
+
+def test_installed_plugin_is_discovered_from_its_entry_point():
+    dist = importlib.metadata.distribution("tokenprune-example-plugin")
+    assert any(ep.group == "tokenprune" for ep in dist.entry_points)
+    registry = get_registry()
+    assert registry.get("transform", "power").plugin == "example"
+    cues = Cues(Layout.grid(4, 4), attention=torch.linspace(0.1, 1.0, 16).unsqueeze(0))
+    selection = tokenprune.pruner("attention | power(exponent=3) | top_k", keep=4)(cues)
+    assert selection.indices.tolist() == [[12, 13, 14, 15]]
+    assert tokenprune.pruner("sharp_fastv", keep=4)(cues).indices.tolist() == [[12, 13, 14, 15]]
+    assert "transform:power" in tokenprune.available()
+
+
+class _Clashing:
+    @tokenprune.hookimpl
+    def tokenprune_strategies(self):
+        return [tokenprune.Strategy("top_k", "selector", TopK, "a second top_k")]
+
+
+def test_name_clash_names_both_plugins():
+    with pytest.raises(PluginError, match="selector 'top_k': provided by both plugin 'tokenprune.strategies' and plugin 'clash'"):
+        tokenprune.register_plugin(_Clashing(), name="clash")
+    assert get_registry().get("selector", "top_k").plugin == "tokenprune.strategies"
+
+
+class _Extra:
+    @tokenprune.hookimpl
+    def tokenprune_strategies(self):
+        return [tokenprune.Recipe("top_half", "attention | top_k", "keeps by attention")]
+
+
+def test_register_plugin_programmatically():
+    from tokenprune.registry import unregister_plugin
+
+    tokenprune.register_plugin(_Extra(), name="extra")
+    try:
+        assert tokenprune.available("recipe")["top_half"] == "keeps by attention"
+    finally:
+        unregister_plugin("extra")
+    assert "top_half" not in tokenprune.available("recipe")
