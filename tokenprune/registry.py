@@ -91,7 +91,7 @@ class Registry:
         if not isinstance(entry, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise PluginError(f"plugin '{plugin}': expected {names} entries, got {entry!r}")
-        if entry.kind not in self._entries or entry.kind == "adapter" and not isinstance(entry, Adapter):
+        if entry.kind not in self._entries or (entry.kind == "adapter" and not isinstance(entry, Adapter)):
             raise PluginError(f"plugin '{plugin}': entry '{entry.name}' has unknown kind {entry.kind!r}")
         table = self._entries[entry.kind]
         if entry.name in table:

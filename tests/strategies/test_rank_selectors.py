@@ -13,7 +13,15 @@ from tokenprune.strategies.selectors import Drop, GridMax, GridRandom, Skip, Top
 from tokenprune.strategies.transforms import AvgPool, Gaussian
 
 from .draw import keep_values, layouts, scores_for
-from .reference import ref_avg_pool, ref_budget, ref_gaussian, ref_grid, ref_skip, ref_top_k, tokens_of
+from .reference import (
+    ref_avg_pool,
+    ref_budget,
+    ref_gaussian,
+    ref_grid,
+    ref_skip,
+    ref_top_k,
+    tokens_of,
+)
 from .test_soft_nms import _Given
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 from tokenprune.errors import SpecError
 from tokenprune.hookspecs import hookimpl
 from tokenprune.registry import Recipe, Strategy, get_registry
-from tokenprune.strategies.scores import AttentionScore, FitPruneScore, LastScore, NormScore, RandomScore
+from tokenprune.strategies.scores import (
+    AttentionScore,
+    FitPruneScore,
+    LastScore,
+    NormScore,
+    RandomScore,
+)
 from tokenprune.strategies.selectors import Drop, GridMax, GridRandom, Skip, TopK
 from tokenprune.strategies.soft_nms import SimilarityDecay, SoftNMS, SpatialDecay
 from tokenprune.strategies.transforms import AvgPool, Gaussian
 
-_UNSET = object()
 _DEFAULT_DECAYS = {"spatial": 1.5, "similarity": 0.05}
 
 
