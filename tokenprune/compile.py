@@ -70,7 +70,7 @@ def maybe_compiled(fn: F) -> F:
                 for dim in range(min(arg.dim(), 2)):
                     torch._dynamo.maybe_mark_dynamic(arg, dim)
         try:
-            return compiled(*args, **kwargs)
+            return run.compiled(*args, **kwargs)  # type: ignore[attr-defined]
         except Exception as exc:  # compile toolchain missing or backend error
             failed = True
             warnings.warn(
