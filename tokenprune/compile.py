@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
+import torch.utils._pytree as pytree
 
 __all__ = ["compile_enabled", "maybe_compiled", "set_compile"]
 
@@ -51,7 +52,7 @@ def maybe_compiled(fn: F) -> F:
     """``fn`` compiled when compilation is enabled, else ``fn``.
 
     The compiled function is built once. Before each call the two leading dims of
-    every tensor argument (batch-first: B and N) are marked dynamic, so a new B or N
+    every tensor argument, also inside tuples (batch-first: B and N) are marked dynamic, so a new B or N
     does not recompile (dynamo specialises B = 1, so going from one sample to several
     compiles once more); trailing dims such as the key width D stay static, which lets
     inductor vectorise over them. If compilation raises, the failure is reported once
@@ -65,7 +66,7 @@ def maybe_compiled(fn: F) -> F:
         nonlocal failed
         if not _enabled or failed:
             return fn(*args, **kwargs)
-        for arg in args:
+        for arg in pytree.tree_leaves(args):
             if isinstance(arg, torch.Tensor):
                 for dim in range(min(arg.dim(), 2)):
                     torch._dynamo.maybe_mark_dynamic(arg, dim)

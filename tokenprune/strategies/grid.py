@@ -7,13 +7,14 @@ layout works: row-major or not, with separators, ragged. Nothing is N x N.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from tokenprune.layout import Layout, _cell_ids
 
-__all__ = ["disc_offsets", "neighbors", "square_offsets"]
+__all__ = ["CellGrid", "cell_grid", "disc_offsets", "lookup", "neighbors", "square_offsets"]
 
 
 def disc_offsets(radius: float) -> Tensor:
@@ -33,40 +34,86 @@ def square_offsets(size: int) -> Tensor:
     return torch.cartesian_prod(d, d)
 
 
+class CellGrid(NamedTuple):
+    """Per-sample lookup from (region, row, col) to token.
+
+    Attributes:
+        table: ``(B, C + 1)`` long, token index of each cell of the concatenated region
+            grids (row-major per region), -1 for an empty cell; the last column is a
+            scratch cell that is always -1.
+        place: ``(B, N, 5)`` long per token: (cell, row, col, region height, region
+            width); cell is -1 for tokens without a place and for padding.
+    """
+
+    table: Tensor
+    place: Tensor
+
+
+def cell_grid(layout: Layout) -> CellGrid:
+    """Build the `CellGrid` of ``layout`` (O(B * N) memory)."""
+    b, n = layout.regions.shape
+    device = layout.device
+    shapes = layout.region_shapes
+    area = shapes[..., 0] * shapes[..., 1]
+    cells = _cell_ids(layout)
+    scratch = int(area.sum(1).max()) if b and shapes.shape[1] else 0
+    table = torch.full((b, scratch + 1), -1, dtype=torch.long, device=device)
+    placed = cells >= 0
+    token = torch.arange(n, device=device).expand(b, n)
+    table.scatter_(1, torch.where(placed, cells, scratch), torch.where(placed, token, -1))
+    table[:, -1] = -1  # the scratch cell absorbed every unplaced token
+    region = layout.regions.clamp(min=0)
+    place = torch.stack(
+        [
+            cells,
+            torch.nan_to_num(layout.positions[..., 0]).long(),
+            torch.nan_to_num(layout.positions[..., 1]).long(),
+            torch.gather(shapes[..., 0], 1, region),
+            torch.gather(shapes[..., 1], 1, region),
+        ],
+        dim=-1,
+    )
+    return CellGrid(table, place)
+
+
+def lookup(grid: CellGrid, tokens: Tensor, offsets: Tensor) -> Tensor:
+    """Token at each offset from each of ``tokens``, inside the same region.
+
+    Args:
+        grid: from `cell_grid`.
+        tokens: ``(B, M)`` long token indices.
+        offsets: ``(W, 2)`` long (drow, dcol).
+
+    Returns:
+        ``(B, M, W)`` long neighbour index, -1 where the offset leaves the region, lands
+        on an empty cell, or the token has no place.
+    """
+    b, m = tokens.shape
+    place = torch.gather(grid.place, 1, tokens.unsqueeze(-1).expand(b, m, 5))
+    cell, row, col, height, width = (place[..., i : i + 1] for i in range(5))
+    dr, dc = offsets[:, 0], offsets[:, 1]
+    r, c = row + dr, col + dc
+    inside = (cell >= 0) & (r >= 0) & (r < height) & (c >= 0) & (c < width)
+    scratch = grid.table.shape[1] - 1
+    target = torch.where(inside, cell + dr * width + dc, scratch)
+    return torch.gather(grid.table, 1, target.flatten(1)).view(b, m, -1)
+
+
 def neighbors(layout: Layout, offsets: Tensor, chunk: int = 2048) -> Tensor:
-    """Index of the token at each offset from each token, inside the same region.
+    """Index of the token at each offset from every token, inside the same region.
 
     Args:
         layout: B samples of N tokens.
         offsets: ``(W, 2)`` long (drow, dcol).
 
     Returns:
-        ``(B, N, W)`` int32: the neighbour's token index, or -1 where the offset leaves
+        ``(B, N, W)`` long: the neighbour's token index, or -1 where the offset leaves
         the region, lands on an empty cell, or the token has no place / is padding.
     """
     b, n = layout.regions.shape
-    device = layout.device
-    offsets = offsets.to(device)
-    shapes = layout.region_shapes
-    area = shapes[..., 0] * shapes[..., 1]
-    cells = _cell_ids(layout)
-    table = torch.full((b, int(area.sum(1).max()) + 1 if b else 1), -1, dtype=torch.long, device=device)
-    placed = cells >= 0
-    token = torch.arange(n, device=device).expand(b, n)
-    table.scatter_(1, torch.where(placed, cells, table.shape[1] - 1), torch.where(placed, token, -1))
-    table[:, -1] = -1  # the scratch cell absorbs unplaced tokens
-    region = layout.regions.clamp(min=0)
-    height = torch.gather(shapes[..., 0], 1, region).unsqueeze(-1)
-    width = torch.gather(shapes[..., 1], 1, region).unsqueeze(-1)
-    row = torch.nan_to_num(layout.positions[..., 0]).long().unsqueeze(-1)
-    col = torch.nan_to_num(layout.positions[..., 1]).long().unsqueeze(-1)
-    dr, dc = offsets[:, 0], offsets[:, 1]
-    out = torch.empty(b, n, offsets.shape[0], dtype=torch.int32, device=device)
-    # Chunks of tokens bound the (B, chunk, W) int64 temporaries (N = 10,000 stays small).
-    for lo in range(0, n, chunk):
-        part = slice(lo, lo + chunk)
-        r, c = row[:, part] + dr, col[:, part] + dc
-        inside = placed[:, part].unsqueeze(-1) & (r >= 0) & (r < height[:, part]) & (c >= 0) & (c < width[:, part])
-        cell = torch.where(inside, cells[:, part].unsqueeze(-1) + dr * width[:, part] + dc, table.shape[1] - 1)
-        out[:, part] = torch.gather(table, 1, cell.flatten(1)).view_as(cell).to(torch.int32)
-    return out
+    grid = cell_grid(layout)
+    offsets = offsets.to(layout.device)
+    tokens = torch.arange(n, device=layout.device).expand(b, n)
+    # Chunks of tokens bound the (B, chunk, W) temporaries (N = 10,000 stays small).
+    parts = [lookup(grid, tokens[:, lo : lo + chunk], offsets) for lo in range(0, n, chunk)]
+    return torch.cat(parts, dim=1) if parts else torch.zeros(b, 0, offsets.shape[0], dtype=torch.long)

@@ -22,7 +22,7 @@ from tokenprune.cues import Cues
 from tokenprune.errors import CueError, SpecError
 from tokenprune.selection import Selection
 from tokenprune.strategies.base import Decay, DecayContext, Selector
-from tokenprune.strategies.grid import disc_offsets, neighbors
+from tokenprune.strategies.grid import CellGrid, cell_grid, disc_offsets, lookup
 
 __all__ = ["SimilarityDecay", "SoftNMS", "SpatialDecay", "key_inv_norm"]
 
@@ -90,7 +90,8 @@ def _suppress(scores: Tensor, candidates: Tensor, in_window: Tensor, ctx: DecayC
 def _window_step(
     scores: Tensor,
     taken: Tensor,
-    window: Tensor,
+    grid: CellGrid,
+    offsets: Tensor,
     distance2: Tensor,
     keys: Tensor | None,
     inv_norm: Tensor | None,
@@ -101,8 +102,8 @@ def _window_step(
     Args:
         scores: ``(B, N)`` compute dtype, -inf on padding.
         taken: ``(B, N)`` bool, tokens kept so far.
-        window: ``(B, N, W)`` int32 neighbour indices (-1 = none), see `neighbors`.
-        distance2: ``(W,)`` squared distance of each window offset.
+        grid: the layout's `CellGrid`, to look the window up.
+        offsets: ``(W, 2)`` long window offsets; distance2 ``(W,)`` their squared length.
 
     Returns:
         new scores, new taken, and the ``(B,)`` index kept at this step.
@@ -110,7 +111,7 @@ def _window_step(
     b = scores.shape[0]
     kept = scores.masked_fill(taken, float("-inf")).argmax(dim=1)
     taken = taken.scatter(1, kept.unsqueeze(1), True)
-    cand = torch.gather(window, 1, kept.view(b, 1, 1).expand(b, 1, window.shape[2])).squeeze(1).long()
+    cand = lookup(grid, kept.view(b, 1), offsets).squeeze(1)
     in_window = cand >= 0
     cand = cand.clamp(min=0)
     ctx = DecayContext(kept, cand, in_window, distance2.expand_as(in_window), keys, inv_norm, scores.dtype)
@@ -217,7 +218,8 @@ class SoftNMS(Selector):
         if self.radius is not None:
             offsets = disc_offsets(self.radius)
             distance2 = (offsets**2).sum(-1).to(device=scores.device, dtype=dtype)
-            run, args = _window_steps, (neighbors(layout, offsets), distance2, keys, inv, self.decays)
+            grid = cell_grid(layout)
+            run, args = _window_steps, (grid, offsets.to(scores.device), distance2, keys, inv, self.decays)
         else:
             positions = torch.nan_to_num(layout.positions).to(dtype)
             regions = torch.where(layout.placed, layout.regions, -1)

@@ -82,7 +82,7 @@ class AvgPool(Transform):
             raise SpecError(f"avg_pool size: expected an odd int >= 1, got {self.size!r}")
 
     def __call__(self, scores: Tensor, cues: Cues) -> Tensor:
-        nbr = neighbors(cues.layout, square_offsets(self.size)).long()  # (B, N, W)
+        nbr = neighbors(cues.layout, square_offsets(self.size))  # (B, N, W)
         present = nbr >= 0
         values = torch.gather(scores, 1, nbr.clamp(min=0).flatten(1)).view_as(nbr)
         total = torch.where(present, values, torch.zeros_like(values)).sum(-1)
