@@ -1,0 +1,308 @@
+"""Tiny random-weight VLMs with the real geometry, and padded prompt batches for them.
+
+No downloads: every model is built from config objects, seeded, and small enough to run a
+forward pass on a CPU in milliseconds, while keeping the token geometry of the released
+checkpoints:
+
+- `tiny_llava`: CLIP-style vision tower at 336 px / 14 px patches (24 x 24 = 576 tokens),
+  Llama text model (llava-1.5-style).
+- `tiny_llava_next`: the same tower with the llava-v1.6 ``image_grid_pinpoints``.
+- `tiny_internvl`: InternVL vision tower at 448 px / 14 px, ``downsample_ratio`` 0.5
+  (256 tokens per tile), Qwen2 text model (InternVL3-style).
+
+`make_batch` builds a left-padded batch of prompts (text tokens and image placeholders)
+for any of them; the placeholder counts come from transformers' own code, not from
+tokenprune, so tests that compare against tokenprune's adapters stay independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import (
+    CLIPVisionConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    PreTrainedModel,
+    Qwen2Config,
+)
+from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "FAMILIES",
+    "IMAGE_TOKEN_ID",
+    "IMG_END_ID",
+    "IMG_START_ID",
+    "LLAVA_NEXT_PINPOINTS",
+    "PAD_ID",
+    "VOCAB_SIZE",
+    "TinyBatch",
+    "make_batch",
+    "num_image_tiles",
+    "num_image_tokens",
+    "tiny_internvl",
+    "tiny_llava",
+    "tiny_llava_next",
+    "tiny_model",
+]
+
+VOCAB_SIZE = 128
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+#: The image placeholder token of every tiny model (``config.image_token_id``).
+IMAGE_TOKEN_ID = 120
+#: InternVL's ``<img>`` / ``</img>`` around each image's placeholders (text tokens to the model).
+IMG_START_ID, IMG_END_ID = 121, 122
+#: Text tokens are drawn from [_TEXT_LOW, _TEXT_HIGH), clear of the special ids above.
+_TEXT_LOW, _TEXT_HIGH = 3, 110
+#: llava-v1.6 (llava-hf/llava-v1.6-*) anyres resolutions, (height, width).
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+FAMILIES = ("llava", "llava_next", "internvl")
+
+
+def _clip_vision() -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        image_size=336,
+        patch_size=14,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+
+
+def _llama_text() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+
+
+def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
+    """A llava-1.5-shaped `LlavaForConditionalGeneration`: 576 visual tokens per image
+    (vision layer -2, CLS dropped), 4 Llama layers of width 64, eval mode."""
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        vision_config=_clip_vision(), text_config=_llama_text(), image_token_index=IMAGE_TOKEN_ID
+    )
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def tiny_llava_next(
+    seed: int = 0, image_grid_pinpoints: Sequence[Sequence[int]] | None = None
+) -> LlavaNextForConditionalGeneration:
+    """A llava-v1.6-shaped `LlavaNextForConditionalGeneration` (336 px tiles, anyres over
+    ``image_grid_pinpoints``, default `LLAVA_NEXT_PINPOINTS`), 4 Llama layers, eval mode."""
+    torch.manual_seed(seed)
+    pinpoints = [list(p) for p in (image_grid_pinpoints or LLAVA_NEXT_PINPOINTS)]
+    config = LlavaNextConfig(
+        vision_config=_clip_vision(),
+        text_config=_llama_text(),
+        image_token_index=IMAGE_TOKEN_ID,
+        image_grid_pinpoints=pinpoints,
+    )
+    return LlavaNextForConditionalGeneration(config).eval()
+
+
+def tiny_internvl(seed: int = 0) -> InternVLForConditionalGeneration:
+    """An InternVL3-shaped `InternVLForConditionalGeneration`: 448 px tiles, 14 px
+    patches, pixel shuffle 0.5 -> 256 tokens per tile, 2 Qwen2 layers, eval mode."""
+    torch.manual_seed(seed)
+    vision = InternVLVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    text = Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID)
+    return InternVLForConditionalGeneration(config).eval()
+
+
+def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
+    """The tiny model of ``family`` (one of `FAMILIES`)."""
+    builders = {"llava": tiny_llava, "llava_next": tiny_llava_next, "internvl": tiny_internvl}
+    if family not in builders:
+        raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
+    return builders[family](seed)
+
+
+# ------------------------------------------------------------------ token counts
+def _internvl_tiles(image_size: tuple[int, int], min_patches: int, max_patches: int) -> int:
+    # The InternVL processor's own count (GotOcr2 image processor, PIL backend: no torchvision).
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
+
+    processor = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448})
+    kwargs = {"min_patches": min_patches, "max_patches": max_patches, "crop_to_patches": True}
+    return processor.get_number_of_image_patches(int(image_size[0]), int(image_size[1]), kwargs)
+
+
+def num_image_tiles(
+    model: PreTrainedModel, image_size: tuple[int, int], min_patches: int = 1, max_patches: int = 12
+) -> int:
+    """Rows of ``pixel_values`` one image of ``image_size`` (height, width) takes:
+    1 for LLaVA; base + anyres tiles for LLaVA-NeXT; tiles (+ thumbnail) for InternVL."""
+    kind = model.config.model_type
+    if kind == "llava":
+        return 1
+    if kind == "llava_next":
+        return image_size_to_num_patches(
+            list(image_size), model.config.image_grid_pinpoints, model.config.vision_config.image_size
+        )
+    if kind == "internvl":
+        return _internvl_tiles(image_size, min_patches, max_patches)
+    raise ValueError(f"model: expected one of {FAMILIES}, got model_type {kind!r}")
+
+
+def num_image_tokens(
+    model: PreTrainedModel, image_size: tuple[int, int], min_patches: int = 1, max_patches: int = 12
+) -> int:
+    """Placeholder tokens one image of ``image_size`` (height, width) needs, computed by
+    transformers: LLaVA-NeXT runs the model's own ``pack_image_features`` on empty features."""
+    kind = model.config.model_type
+    if kind == "llava":
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        return side * side
+    if kind == "llava_next":
+        tiles = num_image_tiles(model, image_size)
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        features = torch.zeros(tiles, side * side, 1)
+        _, lens = model.model.pack_image_features(
+            [features], torch.tensor([list(image_size)]), "default", image_newline=torch.zeros(1)
+        )
+        return int(lens[0])
+    if kind == "internvl":
+        return 256 * _internvl_tiles(image_size, min_patches, max_patches)
+    raise ValueError(f"model: expected one of {FAMILIES}, got model_type {kind!r}")
+
+
+# ------------------------------------------------------------------------ batches
+@dataclass
+class TinyBatch:
+    """A padded batch of prompts for a tiny model.
+
+    Attributes:
+        inputs: keyword arguments for ``model(**inputs)`` / ``model.generate(**inputs)``:
+            ``input_ids (B, L)``, ``attention_mask (B, L)`` (left padding), and when the
+            batch has images ``pixel_values`` (LLaVA ``(I, 3, 336, 336)``; LLaVA-NeXT
+            ``(I, T_max, 3, 336, 336)`` zero-padded over tiles, with ``image_sizes (I, 2)``;
+            InternVL ``(T, 3, 448, 448)``, all tiles of all images).
+        image_sizes: (height, width) of each image, per sample.
+        num_visual: placeholder tokens per sample.
+    """
+
+    inputs: dict[str, Tensor]
+    image_sizes: list[list[tuple[int, int]]]
+    num_visual: list[int]
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def layout_inputs(self) -> dict[str, object]:
+        """``inputs`` plus what `tokenprune.adapters.layout` may use beyond the model's
+        own arguments: for InternVL, ``image_sizes`` (flat list of (height, width) of
+        every image in batch order) and the processor's ``min_patches`` / ``max_patches``."""
+        return {**self.inputs, **self.extra}
+
+
+def make_batch(
+    model: PreTrainedModel,
+    images: Sequence[Sequence[tuple[int, int]]],
+    *,
+    text_len: int = 4,
+    seed: int = 0,
+    min_patches: int = 1,
+    max_patches: int = 12,
+) -> TinyBatch:
+    """A left-padded batch: sample ``b`` has one image per entry of ``images[b]``.
+
+    Each prompt is ``BOS, text, [image, text]...`` where every text run has a seeded
+    random length in ``[1, text_len]`` and an image is its placeholder tokens (InternVL:
+    wrapped in ``<img>`` / ``</img>`` like its processor). ``pixel_values`` are seeded
+    standard normal noise.
+
+    Args:
+        model: one of the tiny models (or any LLaVA / LLaVA-NeXT / InternVL model whose
+            ``config.image_token_id`` is `IMAGE_TOKEN_ID`-compatible with the vocabulary).
+        images: per sample, the (height, width) of each of its images (may be empty).
+        text_len: the longest text run.
+        seed: seeds text tokens, run lengths and pixels.
+        min_patches, max_patches: InternVL processor tiling limits.
+    """
+    kind = model.config.model_type
+    image_token = model.config.image_token_id
+    generator = torch.Generator().manual_seed(seed)
+
+    def text() -> list[int]:
+        n = int(torch.randint(1, text_len + 1, (1,), generator=generator))
+        return torch.randint(_TEXT_LOW, _TEXT_HIGH, (n,), generator=generator).tolist()
+
+    prompts, counts, sizes = [], [], []
+    for sample in images:
+        ids = [BOS_ID, *text()]
+        count = 0
+        for size in sample:
+            n = num_image_tokens(model, size, min_patches, max_patches)
+            slots = [image_token] * n
+            ids += ([IMG_START_ID, *slots, IMG_END_ID] if kind == "internvl" else slots) + text()
+            count += n
+        prompts.append(ids)
+        counts.append(count)
+        sizes.append([(int(h), int(w)) for h, w in sample])
+
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for b, ids in enumerate(prompts):
+        input_ids[b, length - len(ids) :] = torch.tensor(ids)
+        attention_mask[b, length - len(ids) :] = 1
+    inputs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    flat = [s for sample in sizes for s in sample]
+    extra: dict[str, object] = {}
+    if flat:
+        side = model.config.vision_config.image_size
+        side = side[0] if isinstance(side, (tuple, list)) else side
+        tiles = [num_image_tiles(model, s, min_patches, max_patches) for s in flat]
+        if kind == "llava":
+            shape = (len(flat), 3, side, side)
+        elif kind == "llava_next":
+            shape = (len(flat), max(tiles), 3, side, side)
+            inputs["image_sizes"] = torch.tensor([list(s) for s in flat], dtype=torch.long)
+        else:
+            shape = (sum(tiles), 3, side, side)
+            extra = {"image_sizes": flat, "min_patches": min_patches, "max_patches": max_patches}
+        inputs["pixel_values"] = torch.randn(shape, generator=generator)
+        if kind == "llava_next":
+            # Padding tiles beyond an image's own count are zeros, as the processor pads.
+            for i, t in enumerate(tiles):
+                inputs["pixel_values"][i, t:] = 0
+    return TinyBatch(inputs=inputs, image_sizes=sizes, num_visual=counts, extra=extra)
