@@ -39,19 +39,16 @@ def matches(model: Any) -> bool:
     return model_type(model) == "llava_next"
 
 
-def high_res_shape(config: Any, image_size: tuple[int, int]) -> tuple[int, int] | None:
+def high_res_shape(config: Any, image_size: tuple[int, int]) -> tuple[int, int]:
     """(height, width) in tokens of the unpadded high-resolution grid of an image of
-    ``image_size`` (height, width); None when the model packs no high-resolution tiles."""
+    ``image_size`` (height, width); a very thin image may keep 0 rows or columns."""
     # Imported here: the registry loads every adapter, and transformers is optional.
     from transformers.models.llava_next.modeling_llava_next import (
         get_anyres_image_grid_shape,
-        image_size_to_num_patches,
         unpad_image,
     )
 
     tile = config.vision_config.image_size
-    if image_size_to_num_patches(list(image_size), config.image_grid_pinpoints, tile) <= 1:
-        return None
     tiles_h, tiles_w = get_anyres_image_grid_shape(list(image_size), config.image_grid_pinpoints, tile)
     rows, cols = grid_side(config)
     # unpad_image only slices, so an empty-channel stand-in gives the cropped shape.
@@ -62,8 +59,8 @@ def high_res_shape(config: Any, image_size: tuple[int, int]) -> tuple[int, int] 
 def tokens_per_image(config: Any, image_size: tuple[int, int]) -> int:
     """Placeholder tokens of one image: base grid + high-res rows each with a separator."""
     rows, cols = grid_side(config)
-    shape = high_res_shape(config, image_size)
-    return rows * cols + (1 if shape is None else shape[0] * (shape[1] + 1))
+    height, width = high_res_shape(config, image_size)
+    return rows * cols + height * (width + 1)
 
 
 def layout(model: Any, **inputs: Any) -> Layout:
@@ -92,22 +89,15 @@ def layout(model: Any, **inputs: Any) -> Layout:
         )
     sizes = image_sizes_of(inputs["image_sizes"], "LLaVA-NeXT")
     shapes = {size: high_res_shape(config, size) for size in set(sizes)}
+    counts_of = {size: tokens_per_image(config, size) for size in shapes}
     rows, cols = grid_side(config)
 
-    def count(size: tuple[int, int]) -> int:
-        shape = shapes[size]
-        return rows * cols + (1 if shape is None else shape[0] * (shape[1] + 1))
-
     samples = []
-    for images in assign_images(counts, sizes, count, "LLaVA-NeXT"):
+    for images in assign_images(counts, sizes, counts_of.__getitem__, "LLaVA-NeXT"):
         sample = SampleBuilder()
         for j, i in enumerate(images):
             sample.region(rows, cols, image=j, box=FULL_IMAGE)
-            shape = shapes[sizes[i]]
-            if shape is None:
-                sample.unplaced(1)
-            else:
-                sample.region(*shape, image=j, box=FULL_IMAGE, separators=True)
+            sample.region(*shapes[sizes[i]], image=j, box=FULL_IMAGE, separators=True)
         samples.append(sample.build())
     return Layout.stack(samples).to(input_ids.device)
 
