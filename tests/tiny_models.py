@@ -218,6 +218,7 @@ class TinyBatch:
             InternVL ``(T, 3, 448, 448)``, all tiles of all images).
         image_sizes: (height, width) of each image, per sample.
         num_visual: placeholder tokens per sample.
+        extra: what only `tokenprune.adapters.layout` takes (see `layout_inputs`).
     """
 
     inputs: dict[str, Tensor]

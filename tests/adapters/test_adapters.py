@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tiny_models import IMAGE_TOKEN_ID, make_batch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -39,7 +39,6 @@ def test_adapter_for_finds_the_family(family, request):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@settings(max_examples=10)
 @given(sample_images=batches)
 def test_batch_is_the_stack_of_its_samples(family, request, sample_images):
     model = request.getfixturevalue(family)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tiny_models import make_batch, num_image_tiles
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
@@ -64,13 +64,11 @@ def check_against_model(model, sample_images, min_patches=1, max_patches=12, siz
     return layout
 
 
-@settings(max_examples=15)
 @given(batches, st.booleans())
 def test_layout_matches_model_pixel_shuffle(internvl, sample_images, sized):
     check_against_model(internvl, sample_images, sized=sized)
 
 
-@settings(max_examples=15)
 @given(st.lists(sizes, min_size=1, max_size=2), limits)
 def test_tiling_limits(internvl, images, limit):
     check_against_model(internvl, [images], *limit)
@@ -97,7 +95,6 @@ def _gradient(height: int, width: int) -> np.ndarray:
     return np.stack([y, x, np.zeros_like(x)], axis=-1).round().astype(np.uint8)
 
 
-@settings(max_examples=12)
 @given(st.tuples(st.integers(40, 1400), st.integers(40, 1400)), limits)
 def test_boxes_are_where_the_processor_cut_the_tiles(internvl, size, limit):
     processor = GotOcr2ImageProcessorPil(

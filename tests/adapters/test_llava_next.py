@@ -73,6 +73,8 @@ def test_layout_matches_model_packing(llava_next, sample_images):
 
 def test_every_pinpoint_and_extremes(llava_next):
     extremes = [(8, 2500), (2500, 8), (1, 1), (336, 336), (500, 700)]
+    for p in LLAVA_NEXT_PINPOINTS:  # an image of a pinpoint's size gets that pinpoint
+        assert list(select_best_resolution(tuple(p), LLAVA_NEXT_PINPOINTS)) == p
     check_against_model(llava_next, [[tuple(p)] for p in LLAVA_NEXT_PINPOINTS] + [extremes])
 
 
