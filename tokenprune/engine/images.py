@@ -1,0 +1,88 @@
+"""Recover the image inputs that ``generate()`` encodes before the prefill.
+
+transformers 5.x ``generate()`` runs ``model.base_model.get_image_features(...)`` once,
+drops ``pixel_values`` and ``image_sizes`` from the forward inputs and passes the encoded
+``mm_encoder_outputs`` instead (repeated for beams and ``num_return_sequences``). The
+adapters need ``image_sizes`` (LLaVA-NeXT's grids depend on them), so this records each
+call's ``image_sizes`` next to the per-image features it produced, and maps the features
+the prefill receives back to their images by identity.
+
+The recorder shadows ``get_image_features`` on the base model instance with a wrapper of
+the same signature (``generate()`` picks its arguments by signature); closing deletes
+the instance attribute, leaving the class method in place.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tokenprune.errors import LayoutError
+
+__all__ = ["ImageInputs"]
+
+_METHOD = "get_image_features"
+
+
+class ImageInputs:
+    """Records ``get_image_features`` calls of ``model.base_model`` while open."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.base = getattr(model, "base_model", model)
+        self._sizes: dict[int, Tensor] = {}  # id(feature tensor) -> (2,) image size
+        self._features: list[Tensor] = []  # keeps the recorded tensors (and their ids) alive
+        self._installed = False
+
+    def open(self) -> None:
+        original = getattr(self.base, _METHOD, None)
+        if original is None or _METHOD in vars(self.base):
+            return
+
+        @functools.wraps(original)
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self._record(kwargs.get("image_sizes"), out)
+            return out
+
+        setattr(self.base, _METHOD, recorded)
+        self._installed = True
+
+    def close(self) -> None:
+        if self._installed:
+            vars(self.base).pop(_METHOD, None)
+            self._installed = False
+        self.clear()
+
+    def clear(self) -> None:
+        self._sizes.clear()
+        self._features.clear()
+
+    def _record(self, image_sizes: Tensor | None, out: Any) -> None:
+        features = getattr(out, "pooler_output", None)
+        self.clear()
+        if image_sizes is None or not isinstance(features, (list, tuple)):
+            return
+        if len(features) != len(image_sizes):
+            return
+        for feature, size in zip(features, image_sizes):
+            self._sizes[id(feature)] = torch.as_tensor(size)
+            self._features.append(feature)
+
+    def image_sizes(self, mm_encoder_outputs: Any) -> Tensor | None:
+        """``(I, 2)`` long: the size of each image whose features ``mm_encoder_outputs``
+        holds, in its (possibly repeated) order; None when there is nothing to map."""
+        image = mm_encoder_outputs.get("image") if isinstance(mm_encoder_outputs, dict) else None
+        features = getattr(image, "pooler_output", None)
+        if not self._sizes or not isinstance(features, (list, tuple)):
+            return None
+        sizes = [self._sizes.get(id(feature)) for feature in features]
+        if any(size is None for size in sizes):
+            raise LayoutError(
+                "mm_encoder_outputs: expected the image features get_image_features produced "
+                "in this generate() call (to recover image_sizes), got other tensors; pass "
+                "pixel_values and image_sizes to the model instead of pre-encoded features"
+            )
+        return torch.stack(sizes).long()
