@@ -288,8 +288,8 @@ def _colourbar(vmin: float, vmax: float, width: int) -> PILImage.Image:
     draw = ImageDraw.Draw(bar)
     for px in range(width):
         draw.line((px, 0, px, 8), fill=_colormap(px / max(width - 1, 1)))
-    draw.text((0, 11), f"{vmin:.3g}", fill=INK)
-    label = f"{vmax:.3g}"
+    draw.text((0, 11), f"{vmin:.4g}", fill=INK)
+    label = f"{vmax:.4g}"
     draw.text((width - 6 * len(label), 11), label, fill=INK)
     return bar
 
@@ -354,9 +354,16 @@ def draw_values(
     sample ``sample``, with a colour bar; with an image, the colours are blended over it.
 
     Args:
-        vmin, vmax: the ends of the colour scale; None takes the sample's finite
-            minimum / maximum over its valid tokens.
-        (others as in `draw_selection`)
+        layout: B samples of N candidate tokens.
+        values: ``(B, N)`` float, one value per candidate.
+        image: drawn under the colours, as in `draw_selection`.
+        sample: which sample to draw.
+        cell: pixels per cell side; None picks one so the largest panel is ~336 px.
+        separators: draw tokens without a place as a column right of their region.
+        title: a line of text above the panels.
+        vmin: the low end of the colour scale; None takes the sample's finite minimum
+            over its valid tokens.
+        vmax: the high end; None takes the finite maximum.
     """
     _check_sample(layout, sample)
     row = _batch_row("values", values, layout, sample)
@@ -506,8 +513,8 @@ def load_cues(
         generator: for random strategies.
 
     Raises:
-        TokenpruneError (or `CueError`, `LayoutError`): missing file, unknown keys,
-        missing or conflicting layout, shapes that do not match.
+        TokenpruneError: a missing or unreadable file, unknown keys, a missing or
+            conflicting layout, or shapes that do not match (`CueError`, `LayoutError`).
     """
     path = Path(path)
     data = _read_tensors(path)

@@ -1,0 +1,376 @@
+"""The ``tokenprune demo``: prune a random-weight LLaVA-1.5-shaped model inside ``generate()``.
+
+Offline and CPU-only. The model has LLaVA-1.5's geometry (CLIP vision tower at 336 px in
+14 px patches: 576 visual tokens on a 24 x 24 grid, a Llama text model) but tiny, random
+weights, so its attention carries no meaning: the demo shows the mechanics (which tokens a
+recipe keeps, how the prefill and the KV cache shrink), not the quality of the choices.
+
+    >>> from tokenprune import demo
+    >>> results = demo.run(demo.DemoConfig(recipes=("fastv",), repeats=1, new_tokens=2,
+    ...                                    text_layers=3, hidden=64))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import SpecError
+from tokenprune.layout import Layout
+from tokenprune.registry import get_registry
+from tokenprune.selection import Keep, Selection
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+__all__ = [
+    "DEFAULT_RECIPES",
+    "NOTICE",
+    "DemoConfig",
+    "Result",
+    "build_inputs",
+    "build_model",
+    "format_table",
+    "pixel_values_of",
+    "run",
+    "write_pictures",
+]
+
+#: Recipes the demo runs unless told otherwise: the two methods and four Table 5 baselines.
+DEFAULT_RECIPES = ("fastv", "adaptprune", "random", "grid_max", "avg_pool", "last")
+
+NOTICE = (
+    "Note: the model has random weights, so its attention (and the text it generates) is\n"
+    "meaningless. The table shows real costs of this model shape; the pictures show the\n"
+    "selection mechanics (which cells each recipe keeps), not which tokens matter."
+)
+
+IMAGE_SIZE, PATCH_SIZE = 336, 14
+#: CLIP's normalisation, as the LLaVA-1.5 image processor applies it.
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+VOCAB_SIZE, PAD_ID, BOS_ID, EOS_ID, IMAGE_TOKEN_ID = 1024, 0, 1, 2, 1023
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of one demo run.
+
+    Attributes:
+        keep: kept fraction in (0, 1] of the 576 visual tokens, or a count.
+        recipes: registered recipe names to compare with the unpruned model.
+        layer: K; layers ``0..K-1`` see every token, layers ``K..`` the kept ones.
+        seed: seeds the weights, the prompt and random recipes.
+        new_tokens: tokens ``generate()`` produces per run (greedy).
+        repeats: timed prefills per recipe (the median is reported), after one warm-up.
+        text_layers, hidden: depth and width of the Llama text model.
+    """
+
+    keep: Keep = 0.1
+    recipes: tuple[str, ...] = DEFAULT_RECIPES
+    layer: int = 2
+    seed: int = 0
+    new_tokens: int = 8
+    repeats: int = 3
+    text_layers: int = 8
+    hidden: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("layer", "new_tokens", "repeats", "text_layers", "hidden"):
+            value = getattr(self, name)
+            low = 0 if name == "layer" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SpecError(f"{name}: expected an int >= {low}, got {value!r}")
+        if self.layer >= self.text_layers:
+            raise SpecError(
+                f"layer: expected a layer below text_layers = {self.text_layers} (layers "
+                f"0..{self.text_layers - 1}), got {self.layer}"
+            )
+        if self.hidden % 8:
+            raise SpecError(f"hidden: expected a multiple of 8 (8 attention heads), got {self.hidden}")
+        if not self.recipes:
+            raise SpecError("recipes: expected at least one recipe name, got none")
+        registry = get_registry()
+        for name in self.recipes:
+            registry.get("recipe", name)  # unknown names raise with close matches
+
+
+@dataclass
+class Result:
+    """What one run measured.
+
+    Attributes:
+        name: the recipe, or ``"unpruned"``.
+        kept, total: visual tokens kept from layer K on, of all visual tokens.
+        prefill_s: median wall time of the prefill (``generate`` of one token).
+        kv_tokens: per text layer, the sequence length its KV cache holds after
+            ``generate`` (prompt tokens it kept plus generated tokens).
+        kv_bytes: per text layer, bytes of its keys and values.
+        generated: the generated token ids.
+        selection, layout: the last prefill's choice (None when unpruned).
+    """
+
+    name: str
+    kept: int
+    total: int
+    prefill_s: float
+    kv_tokens: list[int]
+    kv_bytes: list[int]
+    generated: list[int]
+    selection: Selection | None = None
+    layout: Layout | None = field(default=None, repr=False)
+
+
+# ------------------------------------------------------------------------- the model
+def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
+    """A `LlavaForConditionalGeneration` of LLaVA-1.5's geometry with random weights.
+
+    CLIP vision tower: 336 px, 14 px patches (24 x 24 = 576 tokens), 2 layers of width
+    64; vision layer -2, CLS dropped (``"default"``), as llava-1.5. Text: a Llama model of
+    ``text_layers`` layers of width ``hidden`` with 8 heads. Eval mode, float32.
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    vision = CLIPVisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=64,
+    )
+    text = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=text_layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=IMAGE_TOKEN_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def pixel_values_of(image: PILImage.Image) -> Tensor:
+    """``(1, 3, 336, 336)`` float pixel values: ``image`` resized to 336 x 336 and
+    normalised with CLIP's mean and std (what the LLaVA-1.5 processor does)."""
+    rgb = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
+    data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    pixels = data.view(IMAGE_SIZE, IMAGE_SIZE, 3).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(_CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(_CLIP_STD).view(3, 1, 1)
+    return ((pixels - mean) / std).unsqueeze(0)
+
+
+def build_inputs(image: PILImage.Image, seed: int = 0) -> dict[str, Tensor]:
+    """A one-sample prompt ``[BOS] system... <image> x 576 question...`` with random
+    text token ids, and the image's pixel values."""
+    generator = torch.Generator().manual_seed(seed)
+    system = torch.randint(3, IMAGE_TOKEN_ID, (5,), generator=generator)
+    question = torch.randint(3, IMAGE_TOKEN_ID, (10,), generator=generator)
+    image_tokens = torch.full(((IMAGE_SIZE // PATCH_SIZE) ** 2,), IMAGE_TOKEN_ID)
+    input_ids = torch.cat([torch.tensor([BOS_ID]), system, image_tokens, question]).unsqueeze(0)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values": pixel_values_of(image),
+    }
+
+
+# -------------------------------------------------------------------------- measuring
+def _generate(model: Any, inputs: dict[str, Tensor], new_tokens: int) -> Any:
+    return model.generate(
+        **inputs,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        pad_token_id=PAD_ID,
+    )
+
+
+def _timed_prefill(model: Any, inputs: dict[str, Tensor], repeats: int) -> float:
+    _generate(model, inputs, 1)  # warm-up: first-call allocations, compiled selectors
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _generate(model, inputs, 1)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _cache_sizes(output: Any) -> tuple[list[int], list[int]]:
+    """Per layer: sequence length and bytes of keys + values in ``output``'s cache."""
+    cache = output["cache"] if "cache" in output else output["past_key_values"]
+    tokens, sizes = [], []
+    for layer in cache.layers:
+        keys, values = layer.keys, layer.values
+        tokens.append(int(keys.shape[-2]))
+        sizes.append(keys.numel() * keys.element_size() + values.numel() * values.element_size())
+    return tokens, sizes
+
+
+def _measure(
+    model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str, recipe: str | None
+) -> Result:
+    total = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+    prompt = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        if recipe is None:
+            prefill = _timed_prefill(model, inputs, config.repeats)
+            output = _generate(model, inputs, config.new_tokens)
+            selection, layout, kept = None, None, total
+        else:
+            selection, layout, prefill, output = _pruned(model, inputs, config, recipe)
+            kept = int(selection.counts[0])
+    tokens, sizes = _cache_sizes(output)
+    generated = output["sequences"][0, prompt:].tolist()
+    return Result(name, kept, total, prefill, tokens, sizes, generated, selection, layout)
+
+
+def _pruned(
+    model: Any, inputs: dict[str, Tensor], config: DemoConfig, recipe: str
+) -> tuple[Selection, Layout, float, Any]:
+    """The engine-facing part: prefill time, generation and the last prefill's choice
+    with ``recipe`` applied through `tokenprune.prune`."""
+    import tokenprune
+
+    torch.manual_seed(config.seed)  # random baselines draw from the global generator
+    with tokenprune.prune(model, recipe, keep=config.keep, layer=config.layer) as pruning:
+        prefill = _timed_prefill(model, inputs, config.repeats)
+        output = _generate(model, inputs, config.new_tokens)
+        selection, layout = _last_choice(pruning)
+    return selection, layout, prefill, output
+
+
+def _last_choice(pruning: Any) -> tuple[Selection, Layout]:
+    """The `Selection` and `Layout` of the last prefill, from the engine's run record."""
+    record = pruning.selections
+    return record.selection, record.layout
+
+
+def run(
+    config: DemoConfig | None = None,
+    progress: Callable[[Sequence[str]], Any] | None = None,
+) -> tuple[list[Result], PILImage.Image]:
+    """Build the model, run it unpruned and with every recipe of ``config``.
+
+    Args:
+        config: the settings (`DemoConfig` defaults when None).
+        progress: wraps the list of run names to report progress (e.g. ``tqdm``).
+
+    Returns:
+        one `Result` per run (unpruned first), and the input image.
+    """
+    from tokenprune.viz import synthetic_image
+
+    config = config or DemoConfig()
+    model = build_model(config.seed, config.text_layers, config.hidden)
+    image = synthetic_image(IMAGE_SIZE, IMAGE_SIZE, seed=config.seed)
+    inputs = build_inputs(image, config.seed)
+    names: list[str] = ["unpruned", *config.recipes]
+    results = []
+    for name in progress(names) if progress else names:
+        results.append(_measure(model, inputs, config, name, None if name == "unpruned" else name))
+    return results, image
+
+
+# ---------------------------------------------------------------------------- output
+def _per_layer(values: Sequence[int]) -> str:
+    """``[600, 600, 80, 80, 80]`` -> ``"600 x2, 80 x3"``."""
+    parts: list[list[int]] = []
+    for v in values:
+        if parts and parts[-1][0] == v:
+            parts[-1][1] += 1
+        else:
+            parts.append([v, 1])
+    return ", ".join(f"{v} x{n}" if n > 1 else str(v) for v, n in parts)
+
+
+def format_table(results: Sequence[Result], generated: int = 6) -> str:
+    """A plain-text table of ``results``; speedups relative to the first (unpruned) row."""
+    base = results[0].prefill_s
+    header = (
+        "recipe", "visual kept", "prefill ms", "speedup", "KV tokens per layer",
+        "KV KiB per layer", f"first {generated} generated ids",
+    )
+    rows = [header]
+    for r in results:
+        ids = " ".join(str(t) for t in r.generated[:generated])
+        rows.append(
+            (
+                r.name,
+                f"{r.kept}/{r.total}",
+                f"{r.prefill_s * 1e3:.0f}",
+                f"{base / r.prefill_s:.2f}x",
+                _per_layer(r.kv_tokens),
+                _per_layer([round(b / 1024) for b in r.kv_bytes]),
+                ids,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_pictures(results: Sequence[Result], image: PILImage.Image, out: str | Path) -> list[Path]:
+    """One PNG per pruned run (kept cells over the input image), the Gaussian correction
+    map, the input image and a sheet of all selections; returns the written paths."""
+    from tokenprune.strategies.transforms import gaussian_map
+    from tokenprune.viz import draw_selection, draw_values, tile_pictures
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    image_path = out / "input.png"
+    image.save(image_path)
+    written.append(image_path)
+    sheet = []
+    layout = None
+    for r in results:
+        if r.selection is None or r.layout is None:
+            continue
+        layout = r.layout
+        title = f"{r.name}: {r.kept} of {r.total} kept"
+        picture = draw_selection(r.layout, r.selection, image, title=title)
+        path = out / f"{r.name}.png"
+        picture.save(path)
+        written.append(path)
+        sheet.append((r.name, picture))
+    if layout is not None:
+        gaussian = draw_values(
+            layout, gaussian_map(layout), title="gaussian correction factor", vmin=0.0, vmax=1.0
+        )
+        path = out / "gaussian.png"
+        gaussian.save(path)
+        written.append(path)
+    if sheet:
+        path = out / "selections.png"
+        tile_pictures(sheet, columns=3).save(path)
+        written.append(path)
+    return written
