@@ -107,7 +107,7 @@ class PruneRun:
         pruner: the `Pruner` in use.
         layer: K, the first layer that sees only the kept tokens.
         selection: the last prefill's batched `Selection` (``indices (B, K)``,
-            ``mask (B, N)``, ``scores (B, N)``), or None before any pruned prefill.
+            ``mask (B, N)``, ``scores (B, N)``), or None when it had no visual token.
         layout: the last prefill's batched `Layout` (B, N), or None.
         positions: ``(B, N)`` long, each candidate's ``input_ids`` index, -1 padding.
         kept: ``(B, L')`` long, the ``input_ids`` index of every slot of the shortened
@@ -241,7 +241,9 @@ class PruneRun:
         return bound
 
     def _prefill(self, inputs: dict[str, Any], cache: Any) -> _Prefill | None:
+        # Every prefill replaces the last one's record, also when it prunes nothing.
         self._pruned_cache = None
+        self.selection = self.layout = self.positions = self.kept = None
         if inputs.get("input_ids") is None and not _has_images(inputs):
             return None
         input_ids = input_ids_of(inputs)
