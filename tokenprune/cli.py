@@ -212,6 +212,11 @@ def _select(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     import tokenprune
     from tokenprune.viz import draw_selection, load_cues, save_selection
 
+    picture_path = args.picture or args.out.with_suffix(".png")
+    if args.out.suffix.lower() not in (".json", ".pt"):
+        raise UsageError(f"--out: expected a file name ending in .json or .pt, got {str(args.out)!r}")
+    if picture_path.suffix.lower() != ".png":
+        raise UsageError(f"--picture: expected a file name ending in .png, got {str(picture_path)!r}")
     generator = torch.Generator().manual_seed(args.seed)
     cues = load_cues(args.cues, grid=args.grid, generator=generator)
     pruner = tokenprune.pruner(args.recipe, keep=args.keep)
@@ -222,7 +227,6 @@ def _select(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         image = _open_image(args.image)
     selection = pruner(cues)
     out = save_selection(args.out, selection)
-    picture_path = args.picture or out.with_suffix(".png")
     title = f"{pruner.name or pruner.spec}: {int(selection.counts[args.sample])} of " \
             f"{int(cues.layout.num_valid()[args.sample])} kept"
     draw_selection(cues.layout, selection, image, sample=args.sample, title=title).save(picture_path)

@@ -259,18 +259,15 @@ def _pruned(
     with ``recipe`` applied through `tokenprune.prune`."""
     import tokenprune
 
-    torch.manual_seed(config.seed)  # random baselines draw from the global generator
-    with tokenprune.prune(model, recipe, keep=config.keep, layer=config.layer) as pruning:
+    generator = torch.Generator().manual_seed(config.seed)
+    with tokenprune.prune(
+        model, recipe, keep=config.keep, layer=config.layer, generator=generator
+    ) as pruning:
         prefill = _timed_prefill(model, inputs, config.repeats)
         output = _generate(model, inputs, config.new_tokens)
-        selection, layout = _last_choice(pruning)
-    return selection, layout, prefill, output
-
-
-def _last_choice(pruning: Any) -> tuple[Selection, Layout]:
-    """The `Selection` and `Layout` of the last prefill, from the engine's run record."""
-    record = pruning.selections
-    return record.selection, record.layout
+    if pruning.selection is None or pruning.layout is None:
+        raise RuntimeError(f"recipe {recipe!r}: the engine recorded no pruned prefill")
+    return pruning.selection, pruning.layout, prefill, output
 
 
 def run(

@@ -114,7 +114,9 @@ def _regions(layout: Layout, sample: int, values: Tensor) -> list[_Region]:
     images = None if layout.region_images is None else layout.region_images[sample].tolist()
     out = []
     for r, (h, w) in enumerate(shapes):
-        box = None
+        # Without region_boxes (Layout.grid, a file saved without them) a region shows
+        # its whole image; a NaN box means the place is unknown (an InternVL tile).
+        box = (0.0, 0.0, 1.0, 1.0) if boxes is None else None
         if boxes is not None and all(math.isfinite(v) for v in boxes[r]):
             box = tuple(boxes[r])
         region = _Region(r, h, w, box, images[r] if images is not None else 0)
@@ -321,7 +323,8 @@ def draw_selection(
         layout: B samples of N candidate tokens.
         selection: its ``mask (B, N)`` says which tokens are kept.
         image: the sample's image (or a sequence, one per image of the sample, in the
-            order of ``layout.region_images``); drawn under regions whose box is known.
+            order of ``layout.region_images``); drawn under regions whose box is known,
+            and under every region when the layout has no ``region_boxes`` at all.
         cell: pixels per cell side; None picks one so the largest panel is ~336 px.
         separators: draw tokens without a place (LLaVA-NeXT's row separators) as a
             column right of their region.

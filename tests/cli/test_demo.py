@@ -1,0 +1,68 @@
+"""`tokenprune demo` end to end on a smaller text model: the real model, engine and pictures."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from tokenprune import demo
+from tokenprune.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("demo")
+    out, err = io.StringIO(), io.StringIO()
+    status = main(
+        ["demo", "--out", str(out_dir), "--recipes", "fastv,adaptprune,last", "--keep", "0.1",
+         "--layer", "2", "--repeats", "1", "--new-tokens", "3", "--text-layers", "4",
+         "--hidden", "64"],
+        stdout=out,
+        stderr=err,
+    )
+    return status, out.getvalue(), err.getvalue(), out_dir
+
+
+def test_demo_prints_the_table_and_the_notice(demo_run):
+    status, out, err, _ = demo_run
+    assert status == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and
+            line.split()[0] in {"unpruned", "fastv", "adaptprune", "last"}}
+    assert set(rows) == {"unpruned", "fastv", "adaptprune", "last"}
+    assert "576/576" in rows["unpruned"]
+    prompt = 1 + 5 + 576 + 10
+    # Unpruned: every layer caches the prompt and 2 of the 3 new tokens.
+    assert f"{prompt + 2} x4" in rows["unpruned"]
+    for name in ("fastv", "adaptprune", "last"):
+        assert "57/576" in rows[name]
+        # Layers 0-1 keep everything; layers 2-3 keep 57 visual + 16 text + 2 new tokens.
+        assert f"{prompt + 2} x2, {57 + 16 + 2} x2" in rows[name]
+        assert re.search(r"\d+\.\d\dx", rows[name])
+    assert "random weights" in out and "meaningless" in out
+
+
+def test_demo_writes_a_picture_per_recipe(demo_run):
+    _, _, _, out_dir = demo_run
+    for name in ("fastv", "adaptprune", "last", "gaussian", "input", "selections"):
+        with Image.open(out_dir / f"{name}.png") as picture:
+            assert picture.width >= 336
+    assert "meaningless" in (out_dir / "table.txt").read_text()
+
+
+def test_last_recipe_keeps_the_bottom_rows_in_the_picture_data(demo_run):
+    # The demo's Result carries the engine's selection: 'last' keeps tokens 519..575.
+    results, _ = demo.run(
+        demo.DemoConfig(recipes=("last",), repeats=1, new_tokens=1, text_layers=3, hidden=64)
+    )
+    selection = results[1].selection
+    assert selection.indices[0].tolist() == list(range(576 - 57, 576))
+
+
+def test_demo_config_checks_its_arguments():
+    with pytest.raises(demo.SpecError, match="layer"):
+        demo.DemoConfig(layer=4, text_layers=4)
+    with pytest.raises(demo.SpecError, match="hidden"):
+        demo.DemoConfig(hidden=60)

@@ -1,0 +1,164 @@
+"""`tokenprune.viz`: cell colours, panels, separators, tile canvases, files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tokenprune
+from tokenprune import viz
+from tokenprune.selection import Selection
+
+CELL = 10
+
+
+def _selection(mask: torch.Tensor) -> Selection:
+    return Selection.from_mask(mask, mask.float())
+
+
+def _centre(panel_x: int, row: int, col: int, title: bool = False) -> tuple[int, int]:
+    top = viz._LABEL * (2 if title else 1)
+    return panel_x + col * CELL + CELL // 2, top + row * CELL + CELL // 2
+
+
+def test_kept_and_dropped_cells_have_their_colours():
+    layout = tokenprune.Layout.grid(3, 4)
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, [0, 5, 11]] = True
+    picture = viz.draw_selection(layout, _selection(mask), cell=CELL)
+    assert picture.size == (4 * CELL, viz._LABEL + 3 * CELL)
+    for index in range(12):
+        row, col = divmod(index, 4)
+        expected = viz.KEPT if bool(mask[0, index]) else viz.DROPPED
+        assert picture.getpixel(_centre(0, row, col)) == expected
+
+
+def test_picks_the_requested_sample_and_leaves_padding_empty():
+    layout = tokenprune.Layout.stack([tokenprune.Layout.grid(2, 2), tokenprune.Layout.grid(1, 3)])
+    mask = torch.tensor([[True, False, False, False], [False, False, True, False]])
+    picture = viz.draw_selection(layout, _selection(mask), sample=1, cell=CELL)
+    assert picture.size == (3 * CELL, viz._LABEL + CELL)
+    assert [picture.getpixel(_centre(0, 0, c)) for c in range(3)] == [viz.DROPPED, viz.DROPPED, viz.KEPT]
+
+
+def test_separators_form_a_column_right_of_their_region():
+    layout = tokenprune.Layout.regions_of([(2, 3)], separators=True)  # 3 cells + separator per row
+    mask = torch.tensor([[False, False, False, True, False, False, False, False]])
+    with_sep = viz.draw_selection(layout, _selection(mask), cell=CELL)
+    without = viz.draw_selection(layout, _selection(mask), cell=CELL, separators=False)
+    assert with_sep.width == without.width + viz._SEPARATOR_GAP + CELL
+    column = 3 * CELL + viz._SEPARATOR_GAP + CELL // 2
+    assert with_sep.getpixel((column, viz._LABEL + CELL // 2)) == viz.KEPT      # row 0's separator
+    assert with_sep.getpixel((column, viz._LABEL + CELL + CELL // 2)) == viz.DROPPED
+
+
+def test_tiles_with_boxes_share_one_canvas_and_the_thumbnail_stands_alone():
+    # InternVL-like: a 1 x 2 canvas of 2 x 2 tiles, then a thumbnail over the whole image.
+    layout = tokenprune.Layout.regions_of([(2, 2), (2, 2), (2, 2)])
+    boxes = torch.tensor([[[0, 0, 1, 0.5], [0, 0.5, 1, 1], [0, 0, 1, 1]]], dtype=torch.float32)
+    layout = tokenprune.Layout(
+        layout.positions, layout.regions, layout.region_shapes, layout.valid,
+        region_boxes=boxes, region_images=torch.zeros(1, 3, dtype=torch.long),
+    )
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, 5] = True  # tile 1, row 0, col 1 -> canvas cell (0, 3)
+    picture = viz.draw_selection(layout, _selection(mask), cell=CELL)
+    assert picture.width == 4 * CELL + viz._GAP + 2 * CELL
+    assert picture.getpixel(_centre(0, 0, 3)) == viz.KEPT
+    assert picture.getpixel(_centre(0, 0, 1)) == viz.DROPPED
+    assert picture.getpixel(_centre(4 * CELL + viz._GAP, 0, 1)) == viz.DROPPED
+
+
+def test_image_shows_through_kept_cells_and_is_darkened_elsewhere():
+    layout = tokenprune.Layout.grid(2, 2)
+    image = viz.synthetic_image(64, 64)
+    mask = torch.tensor([[True, False, False, False]])
+    picture = viz.draw_selection(layout, _selection(mask), image, cell=32)
+    resized = image.resize((64, 64))
+    assert picture.getpixel((16, viz._LABEL + 16)) == resized.getpixel((16, 16))
+    dropped = picture.getpixel((48, viz._LABEL + 48))
+    assert sum(dropped) < sum(resized.getpixel((48, 48)))
+
+
+def test_values_map_onto_the_colour_scale():
+    layout = tokenprune.Layout.grid(1, 3)
+    picture = viz.draw_values(layout, torch.tensor([[0.0, 0.5, 1.0]]), cell=CELL, vmin=0.0, vmax=1.0)
+    assert picture.getpixel(_centre(0, 0, 0)) == viz._COLORMAP[0]
+    assert picture.getpixel(_centre(0, 0, 2)) == viz._COLORMAP[-1]
+    assert picture.getpixel(_centre(0, 0, 1)) == viz._COLORMAP[2]
+
+
+def test_gaussian_map_picture_is_brightest_in_the_centre():
+    from tokenprune.strategies.transforms import gaussian_map
+
+    layout = tokenprune.Layout.grid(5, 5)
+    picture = viz.draw_values(layout, gaussian_map(layout), cell=CELL, vmin=0.0, vmax=1.0)
+    assert picture.getpixel(_centre(0, 2, 2)) == viz._COLORMAP[-1]
+    assert sum(picture.getpixel(_centre(0, 0, 0))) < sum(picture.getpixel(_centre(0, 2, 2)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "needle"),
+    [
+        ({"sample": 2}, tokenprune.LayoutError, "sample"),
+        ({"cell": 0}, ValueError, "cell"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, error, needle):
+    layout = tokenprune.Layout.grid(2, 2, batch=2)
+    with pytest.raises(error, match=needle):
+        viz.draw_selection(layout, _selection(torch.ones(2, 4, dtype=torch.bool)), **kwargs)
+
+
+def test_a_selection_of_another_shape_is_refused():
+    with pytest.raises(tokenprune.LayoutError, match=r"expected shape \(B, N\) = \(1, 4\)"):
+        viz.draw_selection(tokenprune.Layout.grid(2, 2), _selection(torch.ones(1, 5, dtype=torch.bool)))
+
+
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=3),
+    separators=st.booleans(),
+    batch=st.integers(1, 2),
+    suffix=st.sampled_from([".pt", ".safetensors"]),
+    boxes=st.booleans(),
+)
+def test_save_and_load_cues_round_trip(tmp_path_factory, shapes, separators, batch, suffix, boxes):
+    layout = tokenprune.Layout.regions_of(shapes, batch=batch, separators=separators)
+    if boxes:
+        r = layout.num_regions
+        layout = tokenprune.Layout(
+            layout.positions, layout.regions, layout.region_shapes, layout.valid,
+            region_boxes=torch.rand(batch, r, 4), region_images=torch.zeros(batch, r, dtype=torch.long),
+        )
+    n = layout.num_tokens
+    cues = tokenprune.Cues(layout, attention=torch.rand(batch, n), keys=torch.randn(batch, n, 3))
+    path = viz.save_cues(tmp_path_factory.mktemp("cues") / f"cues{suffix}", cues)
+    loaded = viz.load_cues(path)
+    for name in ("attention", "keys"):
+        assert torch.equal(getattr(loaded, name), getattr(cues, name))
+    assert loaded.hidden is None
+    for name in viz.LAYOUT_KEYS:
+        a, b = getattr(loaded.layout, name), getattr(layout, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(torch.nan_to_num(a, nan=-7.0), torch.nan_to_num(b, nan=-7.0))
+
+
+def test_selection_json_drops_padding_and_writes_null_for_minus_infinity(tmp_path):
+    layout = tokenprune.Layout.stack([tokenprune.Layout.grid(2, 2), tokenprune.Layout.grid(1, 2)])
+    cues = tokenprune.Cues(layout, attention=torch.tensor([[0.1, 0.4, 0.3, 0.2], [0.5, 0.6, 0.0, 0.0]]))
+    selection = tokenprune.pruner("fastv", keep=0.5)(cues)
+    samples = json.loads(viz.save_selection(tmp_path / "s.json", selection).read_text())["samples"]
+    assert [s["indices"] for s in samples] == [[1, 2], [1]]
+    assert samples[1]["scores"][2:] == [None, None]
+    assert math.isclose(samples[0]["scores"][1], 0.4, rel_tol=1e-6)
+
+
+def test_tile_pictures_puts_captions_above():
+    sheet = viz.tile_pictures([("a", viz.synthetic_image(32, 32)), ("b", viz.synthetic_image(32, 48))], 2)
+    assert sheet.size == (2 * 48 + viz._GAP, 32 + viz._LABEL)
