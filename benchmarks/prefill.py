@@ -1,0 +1,304 @@
+"""Prefill time and peak memory: unpruned vs ``fastv`` vs ``adaptprune`` inside
+``tokenprune.prune``, next to the speedup the FLOPs allow.
+
+A random-weight LLaVA (one 24 x 24 image: 576 visual tokens) and LLaVA-NeXT (a 672 x 672
+image: 2,928 visual tokens) with a mid-size Llama text model, fp32 on the CPU. The
+prefill is what ``generate()`` runs first: the language model over the prompt with the
+image features already encoded (``mm_encoder_outputs``), a KV cache, and logits for the
+last token. Every configuration is timed in interleaved rounds (so machine load drifts
+hit all of them alike) and reported as the median.
+
+    python benchmarks/prefill.py            # the full table (several minutes)
+    python benchmarks/prefill.py --quick    # a small model, one image, a smoke run
+
+Columns: ``L'`` is the sequence length of layers K.. (text + kept visual tokens);
+``ideal`` = FLOPs(unpruned) / FLOPs(pruned) of the language model; ``of ideal`` =
+measured speedup / ideal; ``peak`` is the most tensor memory allocated during the
+prefill beyond the weights (activations and KV cache), from the PyTorch profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Compile the selectors in-process: a pool of compile workers starting up would steal
+# the CPU from the prefills being timed.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+)
+
+import tokenprune
+
+IMAGE_TOKEN = 32000
+PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+@dataclass(frozen=True)
+class Size:
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab: int
+
+
+FULL = Size(layers=8, hidden=1024, heads=16, intermediate=2816, vocab=32064)
+QUICK = Size(layers=4, hidden=256, heads=4, intermediate=704, vocab=32064)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One prompt: the model, its prefill inputs and its visual token count."""
+
+    name: str
+    model: torch.nn.Module
+    inputs: dict
+    visual: int
+    text: int
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str  # "unpruned" or a recipe
+    keep: float | None
+
+
+def text_config(size: Size) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=size.vocab,
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=8192,
+    )
+
+
+def vision_config() -> CLIPVisionConfig:
+    # A small tower: the timed prefill starts from encoded features anyway.
+    return CLIPVisionConfig(
+        image_size=336,
+        patch_size=14,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
+
+
+def build(kind: str, size: Size) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "llava":
+        config = LlavaConfig(
+            vision_config=vision_config(),
+            text_config=text_config(size),
+            image_token_index=IMAGE_TOKEN,
+        )
+        return LlavaForConditionalGeneration(config).eval()
+    config = LlavaNextConfig(
+        vision_config=vision_config(),
+        text_config=text_config(size),
+        image_token_index=IMAGE_TOKEN,
+        image_grid_pinpoints=PINPOINTS,
+    )
+    return LlavaNextForConditionalGeneration(config).eval()
+
+
+def prompt(visual: int, before: int = 35, after: int = 12) -> torch.Tensor:
+    """``(1, L)``: BOS, a system prompt, the image placeholders, a question."""
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randint(3, 30000, (before + after,), generator=generator)
+    ids = [1, *text[:before].tolist(), *[IMAGE_TOKEN] * visual, *text[before:].tolist()]
+    return torch.tensor([ids])
+
+
+@torch.inference_mode()
+def make_case(kind: str, size: Size) -> Case:
+    model = build(kind, size)
+    generator = torch.Generator().manual_seed(1)
+    if kind == "llava":
+        pixel_values = torch.randn(1, 3, 336, 336, generator=generator)
+        features = model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        extra = {}
+    else:
+        pixel_values = torch.randn(1, 5, 3, 336, 336, generator=generator)
+        image_sizes = torch.tensor([[672, 672]])
+        features = model.model.get_image_features(
+            pixel_values=pixel_values, image_sizes=image_sizes, return_dict=True
+        )
+        extra = {"image_sizes": image_sizes}
+    pooled = features.pooler_output
+    visual = (
+        int(pooled.shape[0] * pooled.shape[1])
+        if torch.is_tensor(pooled)
+        else int(sum(p.shape[0] for p in pooled))
+    )
+    ids = prompt(visual)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_encoder_outputs": {"image": features},
+        "logits_to_keep": 1,
+        "use_cache": True,
+        **extra,
+    }
+    return Case(kind, model, inputs, visual, ids.shape[1] - visual)
+
+
+# ---------------------------------------------------------------------------- FLOPs
+def layer_flops(n: int, size: Size) -> float:
+    """Multiply-adds x 2 of one decoder layer over ``n`` causal tokens."""
+    h, i = size.hidden, size.intermediate
+    projections = 2 * n * h * h * 4  # q, k, v, o (multi-head: kv width = hidden)
+    mlp = 2 * n * 3 * h * i
+    attention = 2 * 2 * h * n * (n + 1) / 2  # QK^T and AV over the causal pairs
+    return projections + mlp + attention
+
+
+def prefill_flops(length: int, short: int, layer: int, size: Size) -> float:
+    head = 2 * size.hidden * size.vocab  # the last token's logits
+    return (
+        layer * layer_flops(length, size) + (size.layers - layer) * layer_flops(short, size) + head
+    )
+
+
+# --------------------------------------------------------------------------- running
+def prefill(case: Case) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            case.model(**case.inputs)
+
+    return run
+
+
+def peak_bytes(fn: Callable[[], None]) -> int:
+    """The most tensor memory live at once during ``fn`` beyond what was live before,
+    from the profiler's per-op allocations (an op's own, net of its frees) in time order;
+    scratch memory an op frees before it returns is not seen."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
+    )
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def measure(case: Case, configs: list[Config], layer: int, repeats: int, warmup: int) -> dict:
+    """Median prefill seconds, peak bytes and L' of each config.
+
+    Each config first runs ``warmup`` times (the selectors compile, then recompile once
+    for dynamic shapes) and once under the memory profiler; then every config runs once
+    per round, ``repeats`` rounds.
+    """
+
+    def block(config: Config):
+        if config.method == "unpruned":
+            return contextlib.nullcontext(None)
+        return tokenprune.prune(case.model, config.method, keep=config.keep, layer=layer)
+
+    fn = prefill(case)
+    peaks: dict[Config, int] = {}
+    shorts: dict[Config, int] = {}
+    for config in configs:
+        with block(config) as run:
+            for _ in range(warmup):
+                fn()
+            peaks[config] = peak_bytes(fn)
+            shorts[config] = case.inputs["input_ids"].shape[1] if run is None else run.kept.shape[1]
+    times: dict[Config, list[float]] = {c: [] for c in configs}
+    for _ in range(repeats):
+        for config in configs:
+            with block(config):
+                start = time.perf_counter()
+                fn()
+                times[config].append(time.perf_counter() - start)
+    return {c: (statistics.median(times[c]), peaks[c], shorts[c]) for c in configs}
+
+
+def table(case: Case, results: dict, layer: int, size: Size) -> list[str]:
+    base_time, _, length = results[Config("unpruned", None)]
+    base_flops = prefill_flops(length, length, layer, size)
+    rows = []
+    for config, (seconds, peak, short) in results.items():
+        ideal = base_flops / prefill_flops(length, short, layer, size)
+        speedup = base_time / seconds
+        keep = "-" if config.keep is None else f"{config.keep:g}"
+        rows.append(
+            f"| {case.name} ({case.visual}) | {config.method} | {keep} | {short} | "
+            f"{seconds * 1e3:,.0f} | {speedup:.2f}x | {ideal:.2f}x | {100 * speedup / ideal:.0f}% | "
+            f"{peak / 2**20:,.0f} |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small model, LLaVA only, 3 repeats")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)"
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per config")
+    parser.add_argument("--layer", type=int, default=2, help="pruning layer K (default 2)")
+    parser.add_argument("--layers", type=int, default=None, help="text decoder layers")
+    parser.add_argument("--hidden", type=int, default=None, help="text hidden size")
+    args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    if args.layers or args.hidden:
+        hidden = args.hidden or size.hidden
+        size = Size(
+            args.layers or size.layers, hidden, hidden // 64, int(hidden * 2.75), size.vocab
+        )
+    repeats = args.repeats or (3 if args.quick else 5)
+    kinds = ["llava"] if args.quick else ["llava", "llava_next"]
+    configs = [Config("unpruned", None), Config("fastv", 1.0)]
+    configs += [Config(m, k) for k in (0.5, 0.25, 0.1) for m in ("fastv", "adaptprune")]
+
+    print(
+        f"text model: {size.layers} layers, hidden {size.hidden}, {size.heads} heads, "
+        f"MLP {size.intermediate}, fp32; K = {args.layer}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; medians of {repeats}\n"
+    )
+    print(
+        "| image (visual tokens) | method | keep | L' | prefill ms | speedup | ideal | of ideal | peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        case = make_case(kind, size)
+        results = measure(case, configs, args.layer, repeats, warmup=args.warmup)
+        for row in table(case, results, args.layer, size):
+            print(row, flush=True)
+        overhead = results[Config("fastv", 1.0)][0] / results[Config("unpruned", None)][0] - 1
+        gap = results[Config("adaptprune", 0.1)][0] / results[Config("fastv", 0.1)][0] - 1
+        print(
+            f"\n{kind}: overhead at keep 1.0 {100 * overhead:+.1f}%; "
+            f"adaptprune vs fastv at keep 0.1 {100 * gap:+.1f}%\n",
+            file=sys.stderr,
+        )
+        del case
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
