@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--new-tokens", type=int, default=8, metavar="T",
                       help="tokens generated per run (default: %(default)s)")
     demo.add_argument("--repeats", type=int, default=3, metavar="R",
-                      help="timed prefills per run; the median is shown (default: %(default)s)")
+                      help="timing rounds over all runs; each run shows its fastest prefill "
+                      "(default: %(default)s)")
     demo.add_argument("--text-layers", type=int, default=8, metavar="L",
                       help="depth of the random Llama text model (default: %(default)s)")
     demo.add_argument("--hidden", type=int, default=512, metavar="H",
@@ -159,9 +160,15 @@ def _progress(enabled: bool, out: TextIO):
             from tqdm import tqdm
         except ImportError:
             return _plain_progress(items, out)
-        return tqdm(items, desc="runs", unit="run", file=out, leave=False)
+        return _named_bar(tqdm(items, desc="runs", unit="run", file=out, leave=False))
 
     return wrap
+
+
+def _named_bar(bar: Any):
+    for item in bar:
+        bar.set_postfix_str(item)
+        yield item
 
 
 def _plain_progress(items: Sequence[str], out: TextIO):

@@ -12,9 +12,10 @@ recipe keeps, how the prefill and the KV cache shrink), not the quality of the c
 
 from __future__ import annotations
 
-import statistics
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,7 @@ class DemoConfig:
         layer: K; layers ``0..K-1`` see every token, layers ``K..`` the kept ones.
         seed: seeds the weights, the prompt and random recipes.
         new_tokens: tokens ``generate()`` produces per run (greedy).
-        repeats: timed prefills per recipe (the median is reported), after one warm-up.
+        repeats: timing rounds; each run reports its fastest prefill.
         text_layers, hidden: depth and width of the Llama text model.
     """
 
@@ -97,6 +98,9 @@ class DemoConfig:
             raise SpecError(f"hidden: expected a multiple of 8 (8 attention heads), got {self.hidden}")
         if not self.recipes:
             raise SpecError("recipes: expected at least one recipe name, got none")
+        repeated = sorted({n for n in self.recipes if self.recipes.count(n) > 1})
+        if repeated:
+            raise SpecError(f"recipes: expected each name once, got {', '.join(repeated)} more than once")
         registry = get_registry()
         for name in self.recipes:
             registry.get("recipe", name)  # unknown names raise with close matches
@@ -109,7 +113,8 @@ class Result:
     Attributes:
         name: the recipe, or ``"unpruned"``.
         kept, total: visual tokens kept from layer K on, of all visual tokens.
-        prefill_s: median wall time of the prefill (``generate`` of one token).
+        prefill_s: fastest wall time of the prefill (``generate`` of one token) over
+            the timing rounds.
         kv_tokens: per text layer, the sequence length its KV cache holds after
             ``generate`` (prompt tokens it kept plus generated tokens).
         kv_bytes: per text layer, bytes of its keys and values.
@@ -134,7 +139,8 @@ def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
 
     CLIP vision tower: 336 px, 14 px patches (24 x 24 = 576 tokens), 2 layers of width
     64; vision layer -2, CLS dropped (``"default"``), as llava-1.5. Text: a Llama model of
-    ``text_layers`` layers of width ``hidden`` with 8 heads. Eval mode, float32.
+    ``text_layers`` layers of width ``hidden`` with 8 heads, weights drawn with std 0.1.
+    Eval mode, float32.
     """
     from transformers import (
         CLIPVisionConfig,
@@ -160,6 +166,9 @@ def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
         num_attention_heads=8,
         num_key_value_heads=8,
         max_position_embeddings=4096,
+        # Wider than the default 0.02, so that greedy decoding of the random model does
+        # not repeat one token and the generated ids can show where pruning changes them.
+        initializer_range=0.1,
         pad_token_id=PAD_ID,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
@@ -213,16 +222,6 @@ def _generate(model: Any, inputs: dict[str, Tensor], new_tokens: int) -> Any:
     )
 
 
-def _timed_prefill(model: Any, inputs: dict[str, Tensor], repeats: int) -> float:
-    _generate(model, inputs, 1)  # warm-up: first-call allocations, compiled selectors
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _generate(model, inputs, 1)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _cache_sizes(output: Any) -> tuple[list[int], list[int]]:
     """Per layer: sequence length and bytes of keys + values in ``output``'s cache."""
     cache = output["cache"] if "cache" in output else output["past_key_values"]
@@ -234,40 +233,49 @@ def _cache_sizes(output: Any) -> tuple[list[int], list[int]]:
     return tokens, sizes
 
 
-def _measure(
-    model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str, recipe: str | None
-) -> Result:
-    total = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
-    prompt = inputs["input_ids"].shape[1]
-    with torch.inference_mode():
-        if recipe is None:
-            prefill = _timed_prefill(model, inputs, config.repeats)
-            output = _generate(model, inputs, config.new_tokens)
-            selection, layout, kept = None, None, total
-        else:
-            selection, layout, prefill, output = _pruned(model, inputs, config, recipe)
-            kept = int(selection.counts[0])
-    tokens, sizes = _cache_sizes(output)
-    generated = output["sequences"][0, prompt:].tolist()
-    return Result(name, kept, total, prefill, tokens, sizes, generated, selection, layout)
-
-
-def _pruned(
-    model: Any, inputs: dict[str, Tensor], config: DemoConfig, recipe: str
-) -> tuple[Selection, Layout, float, Any]:
-    """The engine-facing part: prefill time, generation and the last prefill's choice
-    with ``recipe`` applied through `tokenprune.prune`."""
+@contextmanager
+def _pruning(model: Any, config: DemoConfig, recipe: str | None) -> Iterator[Any]:
+    """The engine-facing part: ``recipe`` applied through `tokenprune.prune` (nothing
+    for the unpruned run). Yields the engine's run record, or None."""
+    if recipe is None:
+        yield None
+        return
     import tokenprune
 
     generator = torch.Generator().manual_seed(config.seed)
     with tokenprune.prune(
         model, recipe, keep=config.keep, layer=config.layer, generator=generator
     ) as pruning:
-        prefill = _timed_prefill(model, inputs, config.repeats)
+        yield pruning
+
+
+def _record(model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str) -> Result:
+    """Warm up (first-call allocations, compiled selectors), then generate and record the
+    cache, the generated ids and the last prefill's choice; the time comes later."""
+    recipe = None if name == "unpruned" else name
+    total = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+    prompt = inputs["input_ids"].shape[1]
+    with torch.inference_mode(), _pruning(model, config, recipe) as pruning:
+        _generate(model, inputs, 1)
         output = _generate(model, inputs, config.new_tokens)
-    if pruning.selection is None or pruning.layout is None:
-        raise RuntimeError(f"recipe {recipe!r}: the engine recorded no pruned prefill")
-    return pruning.selection, pruning.layout, prefill, output
+    selection = layout = None
+    kept = total
+    if pruning is not None:
+        if pruning.selection is None or pruning.layout is None:
+            raise RuntimeError(f"recipe {recipe!r}: the engine recorded no pruned prefill")
+        selection, layout = pruning.selection, pruning.layout
+        kept = int(selection.counts[0])
+    tokens, sizes = _cache_sizes(output)
+    generated = output["sequences"][0, prompt:].tolist()
+    return Result(name, kept, total, math.inf, tokens, sizes, generated, selection, layout)
+
+
+def _time_prefill(model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str) -> float:
+    """Seconds of one prefill: ``generate`` of a single new token."""
+    with torch.inference_mode(), _pruning(model, config, None if name == "unpruned" else name):
+        start = time.perf_counter()
+        _generate(model, inputs, 1)
+        return time.perf_counter() - start
 
 
 def run(
@@ -276,9 +284,13 @@ def run(
 ) -> tuple[list[Result], PILImage.Image]:
     """Build the model, run it unpruned and with every recipe of ``config``.
 
+    First each run generates once (after a warm-up); then ``config.repeats`` rounds time
+    one prefill of every run in turn, and each run reports its fastest. Rounds spread
+    any load from other processes over all runs alike.
+
     Args:
         config: the settings (`DemoConfig` defaults when None).
-        progress: wraps the list of run names to report progress (e.g. ``tqdm``).
+        progress: wraps the list of step names to report progress (e.g. ``tqdm``).
 
     Returns:
         one `Result` per run (unpruned first), and the input image.
@@ -290,10 +302,16 @@ def run(
     image = synthetic_image(IMAGE_SIZE, IMAGE_SIZE, seed=config.seed)
     inputs = build_inputs(image, config.seed)
     names: list[str] = ["unpruned", *config.recipes]
-    results = []
-    for name in progress(names) if progress else names:
-        results.append(_measure(model, inputs, config, name, None if name == "unpruned" else name))
-    return results, image
+    rounds = [f"timing round {i + 1}/{config.repeats}" for i in range(config.repeats)]
+    results: dict[str, Result] = {}
+    for step in progress([*names, *rounds]) if progress else [*names, *rounds]:
+        if step in rounds:
+            for name in names:
+                seconds = _time_prefill(model, inputs, config, name)
+                results[name].prefill_s = min(results[name].prefill_s, seconds)
+        else:
+            results[step] = _record(model, inputs, config, step)
+    return [results[name] for name in names], image
 
 
 # ---------------------------------------------------------------------------- output
@@ -308,12 +326,23 @@ def _per_layer(values: Sequence[int]) -> str:
     return ", ".join(f"{v} x{n}" if n > 1 else str(v) for v, n in parts)
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def format_table(results: Sequence[Result], generated: int = 6) -> str:
-    """A plain-text table of ``results``; speedups relative to the first (unpruned) row."""
-    base = results[0].prefill_s
+    """A plain-text table of ``results``. Speedups and "same ids" (generated ids shared
+    with the first row, from the start) are relative to the first (unpruned) row."""
+    base = results[0]
     header = (
         "recipe", "visual kept", "prefill ms", "speedup", "KV tokens per layer",
-        "KV KiB per layer", f"first {generated} generated ids",
+        "KV KiB per layer", "same ids", f"first {generated} generated ids",
     )
     rows = [header]
     for r in results:
@@ -323,9 +352,10 @@ def format_table(results: Sequence[Result], generated: int = 6) -> str:
                 r.name,
                 f"{r.kept}/{r.total}",
                 f"{r.prefill_s * 1e3:.0f}",
-                f"{base / r.prefill_s:.2f}x",
+                f"{base.prefill_s / r.prefill_s:.2f}x",
                 _per_layer(r.kv_tokens),
                 _per_layer([round(b / 1024) for b in r.kv_bytes]),
+                f"{_common_prefix(r.generated, base.generated)}/{len(r.generated)}",
                 ids,
             )
         )
@@ -358,7 +388,7 @@ def write_pictures(results: Sequence[Result], image: PILImage.Image, out: str | 
         path = out / f"{r.name}.png"
         picture.save(path)
         written.append(path)
-        sheet.append((r.name, picture))
+        sheet.append(("", picture))
     if layout is not None:
         gaussian = draw_values(
             layout, gaussian_map(layout), title="gaussian correction factor", vmin=0.0, vmax=1.0

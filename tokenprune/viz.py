@@ -22,7 +22,7 @@ input of ``tokenprune select``); `save_selection` writes a selection as ``.pt`` 
     >>> cues = tokenprune.Cues(layout, attention=torch.rand(1, 576))
     >>> selection = tokenprune.pruner("fastv", keep=0.1)(cues)
     >>> viz.draw_selection(layout, selection, viz.synthetic_image()).size
-    (336, 354)
+    (336, 336)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,19 +199,43 @@ def _cell_size(panels: list[_Panel], cell: int | None) -> int:
     return max(3, min(16, 336 // largest))
 
 
+#: ``paint(value, over_image) -> (rgb, alpha)``: a cell's colour and how much of it covers
+#: the image under it (255: all colour, 0: the image as it is).
+Paint = Callable[[float | None, bool], tuple[tuple[int, int, int], int]]
+
+
+def _paint_region(
+    region: _Region, paint: Paint, underlay: PILImage.Image | None, c: int, rows: list[list[float | None]]
+) -> PILImage.Image:
+    """The pixels of ``rows`` (a region's cells, or its separator column) at ``c`` px per cell."""
+    Image, _, _ = _pil()
+    h, w = len(rows), len(rows[0])
+    painted = [paint(v, underlay is not None) for row in rows for v in row]
+    colours = Image.new("RGB", (w, h))
+    colours.putdata([rgb for rgb, _ in painted])
+    alpha = Image.new("L", (w, h))
+    alpha.putdata([a for _, a in painted])
+    size = (w * c, h * c)
+    base = underlay if underlay is not None else Image.new("RGB", size, EMPTY)
+    return Image.composite(
+        colours.resize(size, Image.NEAREST), base, alpha.resize(size, Image.NEAREST)
+    )
+
+
 def _render(
     layout: Layout,
     values: Tensor,
-    colour,
+    paint: Paint,
     image: PILImage.Image | Sequence[PILImage.Image] | None,
     sample: int,
     cell: int | None,
     separators: bool,
     title: str | None,
-    footer=None,
+    footer: Callable[[int], PILImage.Image] | None = None,
+    cell_borders: bool = False,
 ) -> PILImage.Image:
-    """Draw every panel of ``sample``; ``colour(value, underlay, c)`` paints one cell and
-    ``footer(width)``, if given, returns a strip to put under the panels."""
+    """Draw every panel of ``sample``: each cell painted by ``paint``; ``footer(width)``,
+    if given, returns a strip to put under the panels."""
     Image, ImageDraw, _ = _pil()
     images = _images_of(image)
     panels = _panels(_regions(layout, sample, values))
@@ -221,58 +245,65 @@ def _render(
         extra = _SEPARATOR_GAP + c if separators and _has_separators(p) else 0
         sizes.append((p.cols * c + extra, p.rows * c))
     top = _LABEL if title else 0
+    # One panel needs no label of its own (a title, if any, says what it shows).
+    label = _LABEL if len(panels) > 1 else 0
     width = sum(w for w, _ in sizes) + _GAP * max(len(sizes) - 1, 0)
-    height = top + _LABEL + max((h for _, h in sizes), default=0)
+    height = top + label + max((h for _, h in sizes), default=0)
     if footer is not None:
-        footer = footer(width)
-        width, height = max(width, footer.width), height + footer.height + 4
+        strip = footer(width)
+        width, height = max(width, strip.width), height + strip.height + 4
     canvas = Image.new("RGB", (max(width, 1), max(height, 1)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((0, 2), title, fill=INK)
     x = 0
     for panel, (w, _h) in zip(panels, sizes):
-        draw.text((x, top + 2), panel.label, fill=INK)
-        y = top + _LABEL
+        if label:
+            draw.text((x, top + 2), panel.label, fill=INK)
+        y = top + label
         underlay = None
         if panel.image is not None and panel.image < len(images):
             underlay = images[panel.image].resize((panel.cols * c, panel.rows * c), Image.BILINEAR)
         for region, r0, c0 in panel.regions:
-            for i, row in enumerate(region.cells):
-                for j, v in enumerate(row):
-                    box = (x + (c0 + j) * c, y + (r0 + i) * c)
-                    patch = None
-                    if underlay is not None:
-                        px, py = (c0 + j) * c, (r0 + i) * c
-                        patch = underlay.crop((px, py, px + c, py + c))
-                    canvas.paste(colour(v, patch, c), box)
+            left, upper = c0 * c, r0 * c
+            under = None
+            if underlay is not None:
+                under = underlay.crop((left, upper, left + region.width * c, upper + region.height * c))
+            canvas.paste(_paint_region(region, paint, under, c, region.cells), (x + left, y + upper))
+            if cell_borders and under is None and c >= 6:
+                _cell_borders(draw, x + left, y + upper, region.height, region.width, c)
             if separators and _has_separators(panel):
+                column = [[v] for v in region.separators]
                 sx = x + region.width * c + _SEPARATOR_GAP
-                for i, v in enumerate(region.separators):
-                    canvas.paste(colour(v, None, c), (sx, y + i * c))
+                canvas.paste(_paint_region(region, paint, None, c, column), (sx, y))
+                if cell_borders and c >= 6:
+                    _cell_borders(draw, sx, y, region.height, 1, c)
         if c >= 6 and (underlay is None or len(panel.regions) > 1):
             for region, r0, c0 in panel.regions:
                 rect = (x + c0 * c, y + r0 * c, x + (c0 + region.width) * c - 1, y + (r0 + region.height) * c - 1)
                 draw.rectangle(rect, outline=(160, 160, 160))
         x += w + _GAP
     if footer is not None:
-        canvas.paste(footer, (0, height - footer.height))
+        canvas.paste(strip, (0, height - strip.height))
     return canvas
 
 
-def _selection_colour(value: float | None, patch: PILImage.Image | None, c: int) -> PILImage.Image:
-    Image, _, _ = _pil()
+def _cell_borders(draw, x: int, y: int, rows: int, cols: int, c: int) -> None:
+    """A 1 px white frame inside every cell of a ``rows x cols`` block at (x, y)."""
+    for j in range(cols):
+        for edge in (x + j * c, x + j * c + c - 1):
+            draw.line((edge, y, edge, y + rows * c - 1), fill=BACKGROUND)
+    for i in range(rows):
+        for edge in (y + i * c, y + i * c + c - 1):
+            draw.line((x, edge, x + cols * c - 1, edge), fill=BACKGROUND)
+
+
+def _paint_selection(value: float | None, over_image: bool) -> tuple[tuple[int, int, int], int]:
     if value is None or math.isnan(value):
-        return Image.new("RGB", (c, c), EMPTY)
-    kept = value > 0.5
-    if patch is None:
-        tile = Image.new("RGB", (c, c), KEPT if kept else DROPPED)
-        if c >= 6:
-            _pil()[1].Draw(tile).rectangle((0, 0, c - 1, c - 1), outline=BACKGROUND)
-        return tile
-    if kept:
-        return patch
-    return Image.blend(patch, Image.new("RGB", (c, c), (40, 40, 40)), 0.75)
+        return EMPTY, 255
+    if value > 0.5:
+        return KEPT, 0 if over_image else 255
+    return ((40, 40, 40), 191) if over_image else (DROPPED, 255)
 
 
 def _colormap(t: float) -> tuple[int, int, int]:
@@ -338,7 +369,7 @@ def draw_selection(
         raise TypeError(f"selection: expected a tokenprune.Selection, got {type(selection).__name__}")
     kept = _batch_row("selection.mask", selection.mask, layout, sample)
     kept = torch.where(layout.valid[sample].cpu(), kept, torch.full_like(kept, math.nan))
-    return _render(layout, kept, _selection_colour, image, sample, cell, separators, title)
+    return _render(layout, kept, _paint_selection, image, sample, cell, separators, title, cell_borders=True)
 
 
 def draw_values(
@@ -376,32 +407,32 @@ def draw_values(
     hi = float(finite.max()) if vmax is None and finite.numel() else (1.0 if vmax is None else float(vmax))
     span = hi - lo if hi > lo else 1.0
     row = torch.where(valid, row, torch.full_like(row, math.nan))
-    Image, _, _ = _pil()
 
-    def colour(value: float | None, patch: PILImage.Image | None, c: int) -> PILImage.Image:
+    def paint(value: float | None, over_image: bool) -> tuple[tuple[int, int, int], int]:
         if value is None or math.isnan(value):
-            return Image.new("RGB", (c, c), EMPTY)
+            return EMPTY, 255
         rgb = _colormap((value - lo) / span) if math.isfinite(value) else (0, 0, 0)
-        tile = Image.new("RGB", (c, c), rgb)
-        return tile if patch is None else Image.blend(patch, tile, 0.6)
+        return rgb, 153 if over_image else 255
 
     def bar(width: int) -> PILImage.Image:
         return _colourbar(lo, hi, width)
 
-    return _render(layout, row, colour, image, sample, cell, separators, title, footer=bar)
+    return _render(layout, row, paint, image, sample, cell, separators, title, footer=bar)
 
 
 def tile_pictures(
     pictures: Sequence[tuple[str, PILImage.Image]], columns: int = 3
 ) -> PILImage.Image:
-    """Several ``(caption, picture)`` pairs on one sheet, row-major, captions above."""
+    """Several ``(caption, picture)`` pairs on one sheet, row-major, captions above
+    (no caption row when every caption is empty)."""
     Image, ImageDraw, _ = _pil()
     if not pictures:
         raise ValueError("pictures: expected at least one (caption, picture) pair, got none")
     if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
         raise ValueError(f"columns: expected an int >= 1, got {columns!r}")
+    caption_row = _LABEL if any(caption for caption, _ in pictures) else 0
     w = max(p.width for _, p in pictures)
-    h = max(p.height for _, p in pictures) + _LABEL
+    h = max(p.height for _, p in pictures) + caption_row
     cols = min(columns, len(pictures))
     rows = math.ceil(len(pictures) / cols)
     sheet = Image.new("RGB", (cols * w + (cols - 1) * _GAP, rows * h + (rows - 1) * _GAP), BACKGROUND)
@@ -409,7 +440,7 @@ def tile_pictures(
     for i, (caption, picture) in enumerate(pictures):
         x, y = (i % cols) * (w + _GAP), (i // cols) * (h + _GAP)
         draw.text((x, y + 2), caption, fill=INK)
-        sheet.paste(picture, (x, y + _LABEL))
+        sheet.paste(picture, (x, y + caption_row))
     return sheet
 
 

@@ -151,6 +151,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
         (["demo", "--keep", "lots"], "--keep"),
         (["demo", "--recipes", "fastvv"], "did you mean 'fastv'"),
         (["demo", "--layer", "9", "--text-layers", "4"], "layer"),
+        (["demo", "--recipes", "fastv,fastv"], "once"),
         (["select", "{missing}"], "not found"),
         (["select", "{no_layout}"], "--grid"),
         (["select", "{no_layout}", "--grid", "20x20"], "grid"),

@@ -21,8 +21,9 @@ def _selection(mask: torch.Tensor) -> Selection:
     return Selection.from_mask(mask, mask.float())
 
 
-def _centre(panel_x: int, row: int, col: int, title: bool = False) -> tuple[int, int]:
-    top = viz._LABEL * (2 if title else 1)
+def _centre(panel_x: int, row: int, col: int, labels: int = 0) -> tuple[int, int]:
+    """Pixel at the centre of a cell; ``labels`` text rows (title, panel labels) above."""
+    top = viz._LABEL * labels
     return panel_x + col * CELL + CELL // 2, top + row * CELL + CELL // 2
 
 
@@ -31,7 +32,7 @@ def test_kept_and_dropped_cells_have_their_colours():
     mask = torch.zeros(1, 12, dtype=torch.bool)
     mask[0, [0, 5, 11]] = True
     picture = viz.draw_selection(layout, _selection(mask), cell=CELL)
-    assert picture.size == (4 * CELL, viz._LABEL + 3 * CELL)
+    assert picture.size == (4 * CELL, 3 * CELL)  # one panel: no label
     for index in range(12):
         row, col = divmod(index, 4)
         expected = viz.KEPT if bool(mask[0, index]) else viz.DROPPED
@@ -42,7 +43,7 @@ def test_picks_the_requested_sample_and_leaves_padding_empty():
     layout = tokenprune.Layout.stack([tokenprune.Layout.grid(2, 2), tokenprune.Layout.grid(1, 3)])
     mask = torch.tensor([[True, False, False, False], [False, False, True, False]])
     picture = viz.draw_selection(layout, _selection(mask), sample=1, cell=CELL)
-    assert picture.size == (3 * CELL, viz._LABEL + CELL)
+    assert picture.size == (3 * CELL, CELL)
     assert [picture.getpixel(_centre(0, 0, c)) for c in range(3)] == [viz.DROPPED, viz.DROPPED, viz.KEPT]
 
 
@@ -53,8 +54,8 @@ def test_separators_form_a_column_right_of_their_region():
     without = viz.draw_selection(layout, _selection(mask), cell=CELL, separators=False)
     assert with_sep.width == without.width + viz._SEPARATOR_GAP + CELL
     column = 3 * CELL + viz._SEPARATOR_GAP + CELL // 2
-    assert with_sep.getpixel((column, viz._LABEL + CELL // 2)) == viz.KEPT      # row 0's separator
-    assert with_sep.getpixel((column, viz._LABEL + CELL + CELL // 2)) == viz.DROPPED
+    assert with_sep.getpixel((column, CELL // 2)) == viz.KEPT      # row 0's separator
+    assert with_sep.getpixel((column, CELL + CELL // 2)) == viz.DROPPED
 
 
 def test_tiles_with_boxes_share_one_canvas_and_the_thumbnail_stands_alone():
@@ -68,10 +69,12 @@ def test_tiles_with_boxes_share_one_canvas_and_the_thumbnail_stands_alone():
     mask = torch.zeros(1, 12, dtype=torch.bool)
     mask[0, 5] = True  # tile 1, row 0, col 1 -> canvas cell (0, 3)
     picture = viz.draw_selection(layout, _selection(mask), cell=CELL)
-    assert picture.width == 4 * CELL + viz._GAP + 2 * CELL
-    assert picture.getpixel(_centre(0, 0, 3)) == viz.KEPT
-    assert picture.getpixel(_centre(0, 0, 1)) == viz.DROPPED
-    assert picture.getpixel(_centre(4 * CELL + viz._GAP, 0, 1)) == viz.DROPPED
+    assert picture.size == (4 * CELL + viz._GAP + 2 * CELL, viz._LABEL + 2 * CELL)
+    assert picture.getpixel(_centre(0, 0, 3, labels=1)) == viz.KEPT
+    assert picture.getpixel(_centre(0, 0, 1, labels=1)) == viz.DROPPED
+    assert picture.getpixel(_centre(4 * CELL + viz._GAP, 0, 1, labels=1)) == viz.DROPPED
+    titled = viz.draw_selection(layout, _selection(mask), cell=CELL, title="tiles")
+    assert titled.getpixel(_centre(0, 0, 3, labels=2)) == viz.KEPT
 
 
 def test_image_shows_through_kept_cells_and_is_darkened_elsewhere():
@@ -80,8 +83,8 @@ def test_image_shows_through_kept_cells_and_is_darkened_elsewhere():
     mask = torch.tensor([[True, False, False, False]])
     picture = viz.draw_selection(layout, _selection(mask), image, cell=32)
     resized = image.resize((64, 64))
-    assert picture.getpixel((16, viz._LABEL + 16)) == resized.getpixel((16, 16))
-    dropped = picture.getpixel((48, viz._LABEL + 48))
+    assert picture.getpixel((16, 16)) == resized.getpixel((16, 16))
+    dropped = picture.getpixel((48, 48))
     assert sum(dropped) < sum(resized.getpixel((48, 48)))
 
 
@@ -162,3 +165,5 @@ def test_selection_json_drops_padding_and_writes_null_for_minus_infinity(tmp_pat
 def test_tile_pictures_puts_captions_above():
     sheet = viz.tile_pictures([("a", viz.synthetic_image(32, 32)), ("b", viz.synthetic_image(32, 48))], 2)
     assert sheet.size == (2 * 48 + viz._GAP, 32 + viz._LABEL)
+    bare = viz.tile_pictures([("", viz.synthetic_image(32, 32))] * 3, 2)
+    assert bare.size == (2 * 32 + viz._GAP, 2 * 32 + viz._GAP)
