@@ -250,13 +250,13 @@ def _pruning(model: Any, config: DemoConfig, recipe: str | None) -> Iterator[Any
 
 
 def _record(model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str) -> Result:
-    """Warm up (first-call allocations, compiled selectors), then generate and record the
-    cache, the generated ids and the last prefill's choice; the time comes later."""
+    """Generate once and record the cache, the generated ids and the last prefill's
+    choice. The time comes later, in rounds: this call is also their warm-up (first-call
+    allocations, compiled selectors)."""
     recipe = None if name == "unpruned" else name
     total = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
     prompt = inputs["input_ids"].shape[1]
     with torch.inference_mode(), _pruning(model, config, recipe) as pruning:
-        _generate(model, inputs, 1)
         output = _generate(model, inputs, config.new_tokens)
     selection = layout = None
     kept = total
