@@ -103,3 +103,29 @@ def test_prompts_without_images_pass_untouched(llava):
     assert run.prefills == 0 and run.selection is None and run.selections == []
     assert torch.equal(pruned, tokens)
     assert torch.equal(pruned_logits, logits)
+
+
+def flash_available() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return torch.cuda.is_available() and is_flash_attn_2_available()
+
+
+@pytest.mark.skipif(not flash_available(), reason="needs CUDA and flash-attn 2")
+def test_flash_attention_is_bitwise_on_gpu(batches):
+    from tiny_models import tiny_llava
+
+    model = tiny_llava().to("cuda", torch.bfloat16)
+    model.set_attn_implementation({"text_config": "flash_attention_2"})
+    inputs = {k: v.to("cuda") for k, v in batches["llava"].inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    tokens, logits = generate(model, inputs)
+    with tokenprune.prune(model, "adaptprune", keep=1.0, layer=2) as run:
+        pruned, pruned_logits = generate(model, inputs)
+        assert "flash_attention_2" in model.config.text_config._attn_implementation
+    assert run.selection.counts.tolist() == batches["llava"].num_visual
+    assert torch.equal(pruned, tokens)
+    assert torch.equal(pruned_logits, logits)
+    with tokenprune.prune(model, "fastv", keep=0.1, layer=2) as run:
+        generate(model, inputs)
+    assert run.selection.counts.tolist() == [n // 10 for n in batches["llava"].num_visual]

@@ -57,7 +57,7 @@ class AttentionTap:
         return ALL_ATTENTION_FUNCTIONS[self.original]
 
     def _original_mask(self) -> Callable | None:
-        return ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(self.original)
+        return ALL_MASK_ATTENTION_FUNCTIONS.get(self.original)
 
     def open(self) -> None:
         original = self._original_function()
@@ -86,6 +86,7 @@ class AttentionTap:
             if self.stack.config._attn_implementation == self.name:
                 self.model.set_attn_implementation({self.stack.config_key: self.original})
         finally:
+            # transformers has no unregister; `register` writes this class-level dict.
             AttentionInterface._global_mapping.pop(self.name, None)
             AttentionMaskInterface._global_mapping.pop(self.name, None)
             self._installed = False
