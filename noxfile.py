@@ -44,5 +44,5 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Selector and prefill benchmarks (not part of CI)."""
     _install(session, "test")
-    session.run("python", "benchmarks/selectors.py", *session.posargs)
+    session.run("python", "benchmarks/selector_speed.py", *session.posargs)
     session.run("python", "benchmarks/prefill.py", *session.posargs)

@@ -17,26 +17,16 @@ measured speedup / ideal; ``peak`` is the most tensor memory allocated during th
 prefill beyond the weights (activations and KV cache), from the PyTorch profiler.
 """
 
-# ruff: noqa: E402 (sys.path is fixed before the third-party imports, see below)
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as a script, this folder would come first on sys.path, where sibling benchmark
-# modules may share a name with the standard library (selectors.py): use the repo root.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
 
 import argparse
 import contextlib
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 # Compile the selectors in-process: a pool of compile workers starting up would steal
 # the CPU from the prefills being timed.

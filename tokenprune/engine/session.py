@@ -12,7 +12,12 @@ One prefill, for a model with decoder layers ``0..L-1`` and pruning layer K:
    text tokens plus the kept visual tokens; layers K+1.. get the same shortened inputs.
 
 Layers K.. therefore write a shorter KV cache. In decoding steps the layers below K use
-the model's own mask and layers K.. a mask rebuilt for their shorter cache.
+the model's own mask and layers K.. a mask rebuilt for their shorter cache; the cache's
+``get_seq_length()`` (layer 0) keeps ``generate()``'s positions the original ones.
+
+``generate()`` encodes the images before the prefill and drops ``image_sizes``, which the
+LLaVA-NeXT layout needs; `images.ImageInputs` recovers them (the one piece that is not
+a hook: an instance attribute shadowing ``get_image_features``, removed on exit).
 """
 
 from __future__ import annotations

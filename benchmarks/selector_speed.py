@@ -1,0 +1,444 @@
+"""Selector time and memory: tokenprune's ``adaptprune``, compiled and eager, against a
+per-step loop written the way the authors' released code does it.
+
+The loop (``authors_loop``) handles one sample at a time (B > 1 loops over samples) and,
+per kept token: one argmax with a ``.item()`` host sync, the cosine of the kept token's
+L2-normalised key against ALL N tokens, and one update of the d <= 5 window around it with
+``1 - exp(-d^2 / (2 * 1.5^2)) * exp(-(1 - cos)^2 / (2 * 0.05^2))``, after the Gaussian
+correction of the attention. tokenprune's pruner is timed end to end: ``p(cues)``,
+including its input checks, the Gaussian and the key norms.
+
+Inputs: random attention ``(B, N)`` and random keys ``(B, N, D)`` float32 on a grid
+layout. The keys share one random direction plus per-token noise (pairwise cosine about
+0.94) so that the similarity decay really suppresses neighbours; with independent
+Gaussian keys every cosine is ~0 and Soft-NMS would reduce to top-k. The work done does
+not depend on the values.
+
+Every configuration is timed in a fresh subprocess: warm-up (the first compiled call
+compiles, reported separately), a check that the three selections keep the same indices,
+then timed rounds interleaving the three methods (median reported). Its peak memory is
+measured in a second fresh subprocess (see ``MEMORY_METHOD``), with allocator settings
+that would distort the timings.
+
+    python benchmarks/selector_speed.py                  # full table (several minutes on a CPU)
+    python benchmarks/selector_speed.py --quick          # N = 576 at B = 1 only, few repeats
+    python benchmarks/selector_speed.py --device cuda --out results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Compile in-process: a pool of compile workers would steal the CPU from the timed calls.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch
+import torch.nn.functional as F
+
+import tokenprune
+
+RADIUS = 5
+SIGMA_D = 1.5
+SIGMA_S = 0.05
+METHODS = ("loop", "eager", "compiled")
+
+MEMORY_METHOD = {
+    "cpu": (
+        "CPU: increase of the process's resident-set high-water mark (VmHWM, reset through "
+        "/proc/self/clear_refs just before one warm call) over the RSS before it, in a fresh "
+        "subprocess per configuration with glibc's mmap and trim thresholds pinned at 128 KiB "
+        "so that freed tensors go back to the OS (blocks below that, reused from the heap, "
+        "are not seen); the inputs (attention, keys) are not counted"
+    ),
+    "cuda": (
+        "CUDA: torch.cuda.max_memory_allocated() during the call minus "
+        "torch.cuda.memory_allocated() before it; the inputs are not counted"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    n: int
+    d: int
+    k: int
+    b: int
+    h: int
+    w: int
+
+
+def configs(quick: bool) -> list[Config]:
+    shapes = [(576, 4096, 57, 24, 24), (2880, 4096, 288, 48, 60), (10000, 4096, 1000, 100, 100)]
+    shapes.append((576, 128, 57, 24, 24))
+    if quick:
+        return [Config(n, d, k, 1, h, w) for n, d, k, h, w in shapes if n == 576]
+    return [Config(n, d, k, b, h, w) for n, d, k, h, w in shapes for b in (1, 8)]
+
+
+# --------------------------------------------------------------------------- the authors' way
+def authors_loop(
+    attention: torch.Tensor, keys: torch.Tensor, h: int, w: int, k: int
+) -> torch.Tensor:
+    """``(B, k)`` kept indices, in the order kept, one sample at a time.
+
+    attention ``(B, N)``, keys ``(B, N, D)``, tokens row-major on an ``h x w`` grid.
+    Written the way the released AdaptPrune code works (what it does, not its text): the
+    Gaussian of sigma = side / 2 on ``linspace(-side/2, side/2, side)``, keys L2-normalised
+    once, then per kept token: an argmax read back to the host, the distance of every
+    grid cell to it, ``F.cosine_similarity`` of its key against all N keys, and an update
+    of the cells within the radius through a boolean mask. A kept token is not masked
+    out: its own factor ``1 - 1 * 1`` sets its score to 0.
+    """
+    device = attention.device
+    ys = torch.linspace(-h / 2, h / 2, h, device=device) if h > 1 else torch.zeros(1, device=device)
+    xs = torch.linspace(-w / 2, w / 2, w, device=device) if w > 1 else torch.zeros(1, device=device)
+    gauss = torch.exp(
+        -(ys[:, None] ** 2 / (2 * (h / 2) ** 2) + xs[None, :] ** 2 / (2 * (w / 2) ** 2))
+    )
+    gauss = gauss / gauss.max()
+    rows, cols = torch.meshgrid(
+        torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
+    )
+    out = []
+    for b in range(attention.shape[0]):
+        scores = attention[b].view(h, w) * gauss
+        keys_n = F.normalize(keys[b], dim=-1)
+        kept = []
+        for _ in range(k):
+            top = torch.argmax(scores)
+            kept.append(top.item())
+            if len(kept) == k:
+                break
+            distance = torch.sqrt(((rows - top // w) ** 2 + (cols - top % w) ** 2).float())
+            window = distance <= RADIUS
+            spatial = torch.exp(-(distance**2) / (2 * SIGMA_D**2))
+            cos = F.cosine_similarity(keys_n, keys_n[top].unsqueeze(0), dim=-1).view(h, w)
+            similarity = torch.exp(-((1 - cos) ** 2) / (2 * SIGMA_S**2))
+            scores[window] *= 1 - (spatial * similarity)[window]
+        out.append(torch.tensor(kept, device=device))
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- one configuration
+def inputs(cfg: Config, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(cfg.n * 31 + cfg.d * 7 + cfg.b)
+    attention = torch.rand(cfg.b, cfg.n, generator=gen)
+    base = torch.randn(cfg.b, 1, cfg.d, generator=gen)
+    keys = base + 0.25 * torch.randn(cfg.b, cfg.n, cfg.d, generator=gen)
+    return attention.to(device), keys.to(device)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Tensor]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: str) -> int | None:
+    """Peak memory of one call of ``fn`` beyond what was in use before it (see MEMORY_METHOD)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+        before = _status_kib("VmRSS")
+    except OSError:
+        return None
+    fn()
+    return max(0, _status_kib("VmHWM") - before) * 1024
+
+
+def same_indices(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Number of samples whose sorted kept indices differ."""
+    a, b = a.sort(dim=1).values.cpu(), b.sort(dim=1).values.cpu()
+    return int((a != b).any(dim=1).sum())
+
+
+def methods(
+    cfg: Config, device: str, loop_samples: int | None = None, loop_steps: int | None = None
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """The three selectors of ``cfg``'s inputs, each returning kept indices: ``(B, K)`` for
+    tokenprune, ``(loop_samples, loop_steps)`` for the loop (default: all B, K)."""
+    attention, keys = inputs(cfg, device)
+    layout = tokenprune.Layout.grid(cfg.h, cfg.w, batch=cfg.b, device=device)
+    cues = tokenprune.Cues(layout, attention=attention, keys=keys)
+    pruner = tokenprune.pruner("adaptprune", keep=cfg.k)
+    s = cfg.b if loop_samples is None else loop_samples
+
+    def run_tokenprune(compiled: bool) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            tokenprune.set_compile(compiled)
+            return pruner(cues).indices
+
+        return run
+
+    return {
+        "loop": lambda: authors_loop(attention[:s], keys[:s], cfg.h, cfg.w, loop_steps or cfg.k),
+        "eager": run_tokenprune(False),
+        "compiled": run_tokenprune(True),
+    }
+
+
+def time_worker(cfg: Config, device: str, repeats: int, budget_s: float) -> dict:
+    """Warm up, check the selections agree, then time interleaved rounds.
+
+    The loop handles one sample after another. Where B of them would take over half the
+    budget, it is timed on the first sample and its time multiplied by B (reported as
+    such); the selections are compared on that sample."""
+    loop_samples = cfg.b
+    probe = None
+    if cfg.b > 1:
+        probe = timed(methods(cfg, device, loop_samples=1)["loop"], device)
+        if probe[0] * cfg.b > budget_s / 2:
+            loop_samples = 1
+    fns = methods(cfg, device, loop_samples=loop_samples)
+    scale = {"loop": cfg.b / loop_samples, "eager": 1.0, "compiled": 1.0}
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    first: dict[str, float] = {}
+    kept: dict[str, torch.Tensor] = {}
+    for m in METHODS:
+        if m == "loop" and loop_samples == 1 and probe is not None:
+            first[m], kept[m] = probe
+        else:
+            first[m], kept[m] = timed(fns[m], device)
+        if m != "compiled" and first[m] > budget_s / 2:
+            times[m].append(first[m])  # a long call without compilation counts as a sample
+        else:
+            for _ in range(2):  # B = 1 then dynamic-shape recompiles settle here
+                timed(fns[m], device)
+    for _ in range(repeats):
+        for m in METHODS:
+            if len(times[m]) < repeats and sum(times[m]) <= budget_s:
+                times[m].append(timed(fns[m], device)[0])
+    kept["loop_rows_eager"] = kept["eager"][:loop_samples]
+    kept["loop_rows_compiled"] = kept["compiled"][:loop_samples]
+    return {
+        "config": asdict(cfg),
+        "median_s": {m: statistics.median(times[m]) * scale[m] for m in METHODS},
+        "repeats": {m: len(times[m]) for m in METHODS},
+        "loop_samples": loop_samples,
+        "first_s": first,
+        "differ": {
+            "compiled_vs_eager": same_indices(kept["compiled"], kept["eager"]),
+            "eager_vs_loop": same_indices(kept["loop_rows_eager"], kept["loop"]),
+            "compiled_vs_loop": same_indices(kept["loop_rows_compiled"], kept["loop"]),
+        },
+    }
+
+
+#: Steps of the loop run for its memory peak: every step allocates the same temporaries.
+LOOP_MEMORY_STEPS = 20
+
+
+def memory_worker(cfg: Config, device: str) -> dict:
+    """Peak extra bytes of one warm call of each method (the loop: one sample,
+    ``LOOP_MEMORY_STEPS`` steps, as it holds one sample's temporaries at a time)."""
+    fns = methods(cfg, device, loop_samples=1, loop_steps=min(cfg.k, LOOP_MEMORY_STEPS))
+    peaks = {}
+    for m in METHODS:
+        for _ in range({"loop": 0, "eager": 1, "compiled": 3}[m]):
+            fns[m]()
+        peaks[m] = peak_extra_bytes(fns[m], device)
+    return {"peak_bytes": peaks}
+
+
+def run_worker(cfg: Config, mode: str, args: argparse.Namespace) -> dict:
+    """Run one configuration in a fresh subprocess; ``mode`` "time" or "memory"."""
+    env = dict(os.environ)
+    if mode == "memory":
+        # Pinned thresholds turn off glibc's dynamic mmap threshold, so freed tensors leave
+        # RSS. Timing runs with the default allocator settings, as users would.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024))
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        f"--{mode}-worker",
+        json.dumps(asdict(cfg)),
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+        "--budget",
+        str(args.budget),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"{mode} worker for {cfg} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- report
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:,.1f}"
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = [
+        "| N | D | K | B | loop ms | eager ms | compiled ms | loop / sample | eager / sample | "
+        "compiled / sample | loop / eager | loop / compiled | compile s | repeats l/e/c | "
+        "peak extra MiB l/e/c | same indices |",
+        "|" + "---:|" * 15 + ":---|",
+    ]
+    for res in results:
+        c, med = res["config"], res["median_s"]
+        per = {m: med[m] / c["b"] for m in METHODS}
+        compile_s = res["first_s"]["compiled"] - med["compiled"]
+        diff = res["differ"]
+        if not any(diff.values()):
+            same = "yes (all 3)"
+        else:
+            same = "NO: samples differing " + ", ".join(
+                f"{k} {v}/{c['b']}" for k, v in diff.items()
+            )
+        loop_mark = "" if res["loop_samples"] == c["b"] else " *"
+        lines.append(
+            f"| {c['n']:,} | {c['d']} | {c['k']} | {c['b']} | "
+            + " | ".join(_ms(med[m]) + (loop_mark if m == "loop" else "") for m in METHODS)
+            + " | "
+            + " | ".join(_ms(per[m]) for m in METHODS)
+            + f" | {med['loop'] / med['eager']:.1f}x | {med['loop'] / med['compiled']:.1f}x | "
+            f"{compile_s:.1f} | "
+            + "/".join(str(res["repeats"][m]) for m in METHODS)
+            + " | "
+            + " / ".join(_mib(res["peak_bytes"][m]) for m in METHODS)
+            + f" | {same} |"
+        )
+    return lines
+
+
+def targets(results: list[dict]) -> list[str]:
+    def find(n: int, d: int, b: int) -> dict | None:
+        return next(
+            (
+                r
+                for r in results
+                if (r["config"]["n"], r["config"]["d"], r["config"]["b"]) == (n, d, b)
+            ),
+            None,
+        )
+
+    out = []
+    for n, d, need in ((576, 4096, 50.0), (576, 128, 10.0)):
+        res = find(n, d, 1)
+        if res is not None:
+            ratio = res["median_s"]["loop"] / res["median_s"]["compiled"]
+            verdict = "PASS" if ratio >= need else "MISS"
+            out.append(
+                f"- {verdict}: compiled >= {need:g}x faster than the loop at ({n}, {d}, 57), B = 1: {ratio:.1f}x"
+            )
+    for b in (1, 8):
+        res = find(10000, 4096, b)
+        if res is not None:
+            per = res["median_s"]["compiled"] / b * 1e3
+            verdict = "PASS" if per < 100 else "MISS"
+            out.append(
+                f"- {verdict}: N = 10,000 (D = 4096, K = 1000) under 100 ms per sample, compiled, B = {b}: {per:.1f} ms"
+            )
+    return out
+
+
+def report(results: list[dict], args: argparse.Namespace, wall_s: float) -> str:
+    device = args.device
+    if device == "cuda":
+        where = torch.cuda.get_device_name()
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+    head = [
+        "# tokenprune `adaptprune` selector vs the authors' per-step loop",
+        "",
+        f"`python benchmarks/selector_speed.py{' --quick' if args.quick else ''} --device {device}` "
+        f"on {device} ({where}); torch {torch.__version__}; float32; {wall_s:.0f} s in all.",
+        "",
+        "Times are medians over the timed repeats (after warm-up); a method whose single call "
+        f"takes over {args.budget / 2:g} s is timed from fewer calls, down to one (see 'repeats'). "
+        "'compile s' = first compiled call minus the median compiled call (inductor's on-disk "
+        "cache may already be warm). Ratios > 1 mean tokenprune is faster than the loop.",
+        "",
+        "Loop times marked * were measured on the first sample and multiplied by B (the "
+        "loop runs one sample after another); 'same indices' then compares that sample.",
+        "",
+        f"Peak extra memory: {MEMORY_METHOD[device]}. The loop's peak is taken over its "
+        f"first {LOOP_MEMORY_STEPS} steps on one sample (each step allocates the same).",
+        "",
+    ]
+    return "\n".join([*head, *table(results), "", "Targets:", *targets(results), ""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 576 at B = 1 only, 3 repeats")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds (default 7; quick 3)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed calls per method and config (default 30; quick 5)",
+    )
+    parser.add_argument("--time-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 7)
+    args.budget = args.budget or (5.0 if args.quick else 30.0)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
+    if args.time_worker is not None:
+        cfg = Config(**json.loads(args.time_worker))
+        print(json.dumps(time_worker(cfg, args.device, args.repeats, args.budget)))
+        return
+    if args.memory_worker is not None:
+        print(json.dumps(memory_worker(Config(**json.loads(args.memory_worker)), args.device)))
+        return
+    start = time.perf_counter()
+    results = []
+    for cfg in configs(args.quick):
+        print(f"... N={cfg.n} D={cfg.d} K={cfg.k} B={cfg.b}", file=sys.stderr, flush=True)
+        results.append({**run_worker(cfg, "time", args), **run_worker(cfg, "memory", args)})
+    text = report(results, args, time.perf_counter() - start)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
