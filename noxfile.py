@@ -36,7 +36,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def docs(session: nox.Session) -> None:
     """Build the documentation with ``mkdocs build --strict``."""
-    _install(session, "docs")
+    _install(session, "hf,docs")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
     session.run("mkdocs", "build", "--strict")
 
 

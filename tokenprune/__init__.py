@@ -25,7 +25,15 @@ from tokenprune.errors import (
 from tokenprune.hookspecs import hookimpl
 from tokenprune.layout import Layout
 from tokenprune.pruner import Pruner, pruner
-from tokenprune.registry import Adapter, Recipe, Strategy, available, register_plugin, reload
+from tokenprune.registry import (
+    Adapter,
+    Recipe,
+    Strategy,
+    available,
+    register_plugin,
+    reload,
+    unregister_plugin,
+)
 from tokenprune.selection import Selection
 
 if TYPE_CHECKING:
@@ -55,6 +63,7 @@ __all__ = [
     "register_plugin",
     "reload",
     "set_compile",
+    "unregister_plugin",
 ]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "get_registry",
     "register_plugin",
     "reload",
+    "unregister_plugin",
 ]
 
 StrategyKind = Literal["score", "transform", "selector", "decay"]

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image, ImageChops
 
 import tokenprune
@@ -86,7 +85,6 @@ def test_snippets_point_at_existing_files():
             assert (ROOT / target).is_file(), f"{page.name}: snippet {target} does not exist"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs not installed (docs extra)")
 def test_mkdocs_build_strict(tmp_path):
     mkdocs = shutil.which("mkdocs") or sys.executable
     argv = [mkdocs] if mkdocs != sys.executable else [sys.executable, "-m", "mkdocs"]
