@@ -1,10 +1,14 @@
-"""Shared test configuration: a deterministic hypothesis profile for CI."""
+"""Shared test configuration: a deterministic hypothesis profile for CI, and an eager
+switch for suites whose results do not depend on compilation."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from tokenprune.compile import compile_mode
 
 settings.register_profile(
     "ci",
@@ -16,3 +20,11 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def eager_selectors():
+    """Run the test with compilation off (restored afterwards): compiled selectors are
+    tested with the strategies, and eager keeps command and docs suites fast."""
+    with compile_mode(False):
+        yield

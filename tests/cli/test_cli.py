@@ -16,14 +16,7 @@ from tokenprune import viz
 from tokenprune.cli import main
 from tokenprune.registry import KINDS, get_registry
 
-
-@pytest.fixture(autouse=True)
-def _eager():
-    # Compiled selectors are tested with the strategies; here only the command matters.
-    before = tokenprune.compile_enabled()
-    tokenprune.set_compile(False)
-    yield
-    tokenprune.set_compile(before)
+pytestmark = pytest.mark.usefixtures("eager_selectors")
 
 
 def run(*argv: str) -> tuple[int, str, str]:

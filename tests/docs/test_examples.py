@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import tokenprune
-
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 FENCE = re.compile(r"(?P<skip><!-- skip:[^>]*-->\s*\n)?```python[^\n]*\n(?P<code>.*?)```", re.S)
 
@@ -38,13 +36,7 @@ def test_the_docs_have_examples_to_run():
     assert len(skipped) <= 2, "only examples that need a downloaded checkpoint may be skipped"
 
 
-@pytest.fixture(autouse=True)
-def _eager():
-    # The examples' outputs do not depend on compilation; eager keeps this suite fast.
-    before = tokenprune.compile_enabled()
-    tokenprune.set_compile(False)
-    yield
-    tokenprune.set_compile(before)
+pytestmark = pytest.mark.usefixtures("eager_selectors")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

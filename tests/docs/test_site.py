@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageChops
 
-import tokenprune
 from tokenprune.registry import get_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,16 +54,12 @@ def test_pictures_are_small():
     assert sum(p.stat().st_size for p in (DOCS / "img").glob("*.png")) < 400_000
 
 
+@pytest.mark.usefixtures("eager_selectors")
 def test_committed_pictures_are_what_pictures_py_draws(tmp_path):
     spec = importlib.util.spec_from_file_location("docs_pictures", DOCS / "pictures.py")
     pictures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pictures)
-    before = tokenprune.compile_enabled()
-    tokenprune.set_compile(False)
-    try:
-        written = pictures.draw(tmp_path)
-    finally:
-        tokenprune.set_compile(before)
+    written = pictures.draw(tmp_path)
     assert {p.name for p in written} == {p.name for p in (DOCS / "img").glob("*.png")}
     for path in written:
         with Image.open(path) as new, Image.open(DOCS / "img" / path.name) as old:
