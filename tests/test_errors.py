@@ -44,6 +44,24 @@ def test_non_finite_keys(cues):
         tokenprune.pruner("adaptprune", keep=3)(cues)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_infinite_keys(bad, cues):
+    cues.keys[0, 5, 0] = bad
+    with pytest.raises(CueError, match="keys: expected finite values.*token 5"):
+        tokenprune.pruner("adaptprune", keep=3)(cues)
+
+
+def test_keys_whose_norm_overflows():
+    # Finite float32 entries whose squares overflow: the cosines would be NaN.
+    keys = torch.randn(1, 9, 4)
+    keys[0, 6] = 3e38
+    cues = Cues(Layout.grid(3, 3), attention=torch.rand(1, 9), keys=keys)
+    with pytest.raises(CueError, match="keys: expected vectors whose L2 norm fits in torch.float32.*token 6"):
+        tokenprune.pruner("adaptprune", keep=3)(cues)
+    keys[0, 6] = 1e15  # large but its norm fits: accepted
+    assert tokenprune.pruner("adaptprune", keep=3)(cues).counts.tolist() == [3]
+
+
 def test_nan_on_padding_is_ignored():
     layout = Layout.stack([Layout.grid(2, 2), Layout.grid(3, 3)])
     attention = torch.rand(2, 9)

@@ -124,13 +124,26 @@ def _check_stage(arg: str, stage: object, kind: type) -> None:
 
 
 def _check_finite(name: str, value: Tensor, valid: Tensor) -> None:
+    """Raise if ``value`` (``(B, N)`` or ``(B, N, D)``) has a NaN/inf at a valid token, or,
+    for ``(B, N, D)`` cues, a vector whose L2 norm overflows (cosines would be NaN)."""
+    overflow = None
     if value.dim() == 3:
-        # The L2 norm (>= float32) is NaN/inf iff an entry is, and costs one fast pass.
-        value = torch.linalg.vector_norm(value, dim=-1, dtype=torch.promote_types(value.dtype, torch.float32))
+        # One fast pass: the norm is NaN/inf whenever an entry is, or when it overflows.
+        norm = torch.linalg.vector_norm(value, dim=-1, dtype=torch.promote_types(value.dtype, torch.float32))
+        overflow = ~torch.isfinite(norm) & valid
+        if not bool(overflow.any()):
+            return
+        value = value.abs().amax(dim=-1)
     bad = ~torch.isfinite(value) & valid
     if bool(bad.any()):
         b, n = (int(i) for i in bad.nonzero()[0])
         raise CueError(f"{name}: expected finite values, got NaN/inf (first at sample {b}, token {n})")
+    if overflow is not None:
+        b, n = (int(i) for i in overflow.nonzero()[0])
+        raise CueError(
+            f"{name}: expected vectors whose L2 norm fits in {norm.dtype}, got one that overflows "
+            f"(first at sample {b}, token {n}, largest entry {float(value[b, n]):.3g}); rescale the cue"
+        )
 
 
 def _check_scores(stage: str, scores: Tensor, cues: Cues) -> None:
