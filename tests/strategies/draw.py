@@ -15,7 +15,20 @@ def sample_layouts(draw, max_regions: int = 3, max_side: int = 9) -> Layout:
             st.tuples(st.integers(1, max_side), st.integers(1, max_side)), min_size=1, max_size=max_regions
         )
     )
-    return Layout.regions_of(shapes, separators=draw(st.booleans()))
+    layout = Layout.regions_of(shapes, separators=draw(st.booleans()))
+    if draw(st.booleans()):
+        return layout
+    # Sparse: a random subset of the tokens (at least one), so some cells are empty and
+    # block or cell ids can exceed the token count.
+    n = layout.num_tokens
+    kept = sorted(draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n)))
+    index = torch.tensor(kept)
+    return Layout(
+        positions=layout.positions[:, index],
+        regions=layout.regions[:, index],
+        region_shapes=layout.region_shapes,
+        valid=layout.valid[:, index],
+    )
 
 
 @st.composite

@@ -75,8 +75,12 @@ def grid_cells(layout: Layout, cell: int) -> Tensor:
 def _block_winners(key: Tensor, blocks: Tensor) -> Tensor:
     """``(B, N)`` bool: the first token with the largest ``key`` in each block."""
     b, n = key.shape
-    groups = n + 1  # block ids < N; unplaced tokens share the scratch group N
-    block = torch.where(blocks >= 0, blocks, torch.full_like(blocks, n))
+    # Block ids count the blocks of every region, occupied or not, so a sparse layout can
+    # have ids >= N: size the groups from the largest id. Unplaced tokens share a scratch
+    # group after it.
+    scratch = int(blocks.max()) + 1 if blocks.numel() else 0
+    groups = scratch + 1
+    block = torch.where(blocks >= 0, blocks, torch.full_like(blocks, scratch))
     best = torch.full((b, groups), float("-inf"), dtype=key.dtype, device=key.device)
     best = best.scatter_reduce(1, block, key, reduce="amax", include_self=True)
     is_best = key == torch.gather(best, 1, block)
