@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -48,10 +49,28 @@ def test_compile_failure_falls_back_to_eager_with_one_warning():
 
     run.compiled = broken  # what a missing toolchain looks like at the first call
     with compile_mode(True):
-        with pytest.warns(RuntimeWarning, match="torch.compile of double failed .*no C compiler.*eagerly"):
+        with pytest.warns(RuntimeWarning, match="torch.compile of double failed on cpu .*no C compiler.*eagerly"):
             assert torch.equal(run(torch.ones(2)), torch.full((2,), 2.0))
         assert torch.equal(run(torch.ones(2)), torch.full((2,), 2.0))  # no second warning, still eager
     assert len(calls) == 2
+
+
+def test_an_error_of_the_function_itself_propagates_and_keeps_compile_on():
+    def checked(x, bad):
+        if bad:
+            raise ValueError("x: expected something else")
+        return x + 1
+
+    run = maybe_compiled(checked)
+    with compile_mode(True), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "compile failed" warning
+        with pytest.raises(ValueError, match="x: expected something else"):
+            run(torch.ones(2), True)
+        compiled_calls = []
+        real = run.compiled
+        run.compiled = lambda *a, **k: compiled_calls.append(1) or real(*a, **k)
+        assert torch.equal(run(torch.ones(2), False), torch.full((2,), 2.0))
+    assert compiled_calls == [1]  # still the compiled path
 
 
 def test_eager_and_compiled_select_the_same_tokens():

@@ -2,7 +2,9 @@
 
 Compilation is on by default. Turn it off with ``tokenprune.set_compile(False)`` or the
 environment variable ``TOKENPRUNE_COMPILE=0``. If compiling fails (no C compiler, an
-unsupported device), tokenprune warns once and runs the same function eagerly.
+unsupported device), tokenprune warns once and runs the same function eagerly on that
+device type from then on; an error that the eager function raises as well (bad input, a
+plugin's own error) propagates and leaves compilation on.
 """
 
 from __future__ import annotations
@@ -59,28 +61,32 @@ def maybe_compiled(fn: F) -> F:
     and ``fn`` runs eagerly from then on.
     """
     compiled = torch.compile(fn, dynamic=None)
-    failed = False
+    failed: set[str] = set()  # device types on which compiling failed
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        nonlocal failed
-        if not _enabled or failed:
+        tensors = [a for a in pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        if not _enabled or device in failed:
             return fn(*args, **kwargs)
-        for arg in pytree.tree_leaves(args):
-            if isinstance(arg, torch.Tensor):
-                for dim in range(min(arg.dim(), 2)):
-                    torch._dynamo.maybe_mark_dynamic(arg, dim)
+        for arg in tensors:
+            for dim in range(min(arg.dim(), 2)):
+                torch._dynamo.maybe_mark_dynamic(arg, dim)
         try:
             return run.compiled(*args, **kwargs)  # type: ignore[attr-defined]
-        except Exception as exc:  # compile toolchain missing or backend error
-            failed = True
+        except Exception as exc:
+            # The same call eagerly: if it raises too, the inputs are at fault (a user or
+            # plugin error), so that error propagates and compilation stays on. If it
+            # works, compiling is what failed (no toolchain, a backend error).
+            result = fn(*args, **kwargs)
+            failed.add(device)
             warnings.warn(
-                f"tokenprune: torch.compile of {fn.__name__} failed ({type(exc).__name__}: "
-                f"{exc}); running it eagerly from now on",
+                f"tokenprune: torch.compile of {fn.__name__} failed on {device} "
+                f"({type(exc).__name__}: {exc}); running it eagerly there from now on",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            return fn(*args, **kwargs)
+            return result
 
     run.eager = fn  # type: ignore[attr-defined]
     run.compiled = compiled  # type: ignore[attr-defined]
