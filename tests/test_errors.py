@@ -159,3 +159,69 @@ def test_spec_syntax_errors():
     for spec in ["attention || top_k", "attention | top_k(3)", "attention | top_k(x=foo)", "attention | top_k("]:
         with pytest.raises(SpecError, match="spec|stage"):
             tokenprune.pruner(spec, keep=1)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Layout.grid(2.5, 3), r"height: expected an int >= 1, got 2.5"),
+        (lambda: Layout.grid(True, 2), r"height: expected an int >= 1, got True"),
+        (lambda: Layout.grid(2, 0), r"width: expected an int >= 1, got 0"),
+        (lambda: Layout.grid(2, 2, batch=-1), r"batch: expected an int >= 1, got -1"),
+        (lambda: Layout.regions_of([(2, 2), (3,)]), r"shapes\[1\]: expected \(height, width\), two ints >= 1, got \(3,\)"),
+        (lambda: Layout.regions_of("ab"), r"shapes: expected a sequence of \(height, width\), got 'ab'"),
+        (lambda: Layout.stack([Layout.grid(2, 2), 1]), r"layouts\[1\]: expected a Layout, got int"),
+    ],
+)
+def test_layout_constructors_reject_bad_arguments(build, match):
+    with pytest.raises(LayoutError, match=match):
+        build()
+
+
+def test_layout_optional_tensors_are_checked():
+    layout = Layout.grid(2, 2)
+    parts = dict(
+        positions=layout.positions, regions=layout.regions, region_shapes=layout.region_shapes, valid=layout.valid
+    )
+    with pytest.raises(LayoutError, match=r"region_boxes: expected a float tensor of shape \(B, R, 4\) = \(1, 1, 4\), got list"):
+        Layout(**parts, region_boxes=[[0.0, 0.0, 1.0, 1.0]])
+    with pytest.raises(LayoutError, match=r"region_images: expected a long tensor .* got torch.float32 \(1, 1\)"):
+        Layout(**parts, region_images=torch.zeros(1, 1))
+    with pytest.raises(LayoutError, match=r"region_images: expected image indices >= -1, got min -2"):
+        Layout(**parts, region_images=torch.full((1, 1), -2))
+
+
+@pytest.mark.parametrize("index", [2, -3])
+def test_indexing_a_sample_out_of_range(index):
+    layout = Layout.grid(2, 2, batch=2)
+    cues = Cues(layout, attention=torch.rand(2, 4))
+    selection = tokenprune.pruner("fastv", keep=1)(cues)
+    for batch in (layout, cues, selection):
+        with pytest.raises(IndexError, match=rf"index: expected a sample in \[-2, 2\), got {index}"):
+            batch[index]
+
+
+def test_generator_must_be_a_generator():
+    with pytest.raises(CueError, match="generator: expected a torch.Generator or None, got int"):
+        Cues(Layout.grid(2, 2), generator=5)
+
+
+@pytest.mark.parametrize("keep", [-5, 0, 1.5])
+def test_keep_is_checked_even_where_the_selector_ignores_it(keep):
+    with pytest.raises(SpecError, match="keep"):
+        tokenprune.pruner("vtw", keep=keep)
+
+
+def test_gaussian_sigma_is_not_a_bool():
+    with pytest.raises(SpecError, match="gaussian sigma: expected a positive number of cells or None, got True"):
+        tokenprune.pruner("attention | gaussian(sigma=True) | top_k", keep=1)
+
+
+def test_soft_nms_misspelt_argument_suggests_the_right_one():
+    with pytest.raises(SpecError, match=r"soft_nms raduis: unknown argument; did you mean 'radius'\?"):
+        tokenprune.pruner("attention | soft_nms(raduis=3)", keep=1)
+
+
+def test_spec_value_that_is_not_a_literal_of_hashable_keys():
+    with pytest.raises(SpecError, match="value of 'x' must be a literal"):
+        tokenprune.pruner("attention | top_k(x={[1]: 2})", keep=1)

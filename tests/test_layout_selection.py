@@ -8,7 +8,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenprune import Layout, Selection
+import tokenprune
+from tokenprune import Cues, Layout, Selection
 from tokenprune.selection import resolve_keep
 
 
@@ -57,3 +58,39 @@ def test_from_ranking_sorts_and_pads():
     assert selection.indices.tolist() == [[1, 3], [2, -1]]
     assert selection.mask.tolist() == [[False, True, False, True], [False, False, True, False]]
     assert selection.counts.tolist() == [2, 1]
+
+
+def test_negative_index_selects_from_the_end():
+    layout = Layout.stack([Layout.grid(2, 2), Layout.grid(1, 3)])
+    assert layout[-1].num_valid().tolist() == [3]
+    assert layout[-2].num_valid().tolist() == [4]
+    assert layout[1:].batch_size == 1
+
+
+def test_tokens_without_any_region_are_a_valid_layout_every_recipe_handles():
+    # R = 0: only unplaced tokens (say, a model whose adapter knows no geometry).
+    layout = Layout(
+        positions=torch.full((2, 5, 2), math.nan),
+        regions=torch.full((2, 5), -1),
+        region_shapes=torch.zeros(2, 0, 2, dtype=torch.long),
+        valid=torch.ones(2, 5, dtype=torch.bool),
+    )
+    g = torch.Generator().manual_seed(0)
+    cues = Cues(
+        layout,
+        attention=torch.rand(2, 5, generator=g),
+        keys=torch.randn(2, 5, 4, generator=g),
+        hidden=torch.randn(2, 5, 4, generator=g),
+        text_attention=torch.rand(2, 5, generator=g),
+        self_attention=torch.rand(2, 5, generator=g),
+        generator=g,
+    )
+    recipes = [name.split(":", 1)[1] for name in tokenprune.available() if name.startswith("recipe:")]
+    assert "adaptprune" in recipes and "grid_max" in recipes
+    for name in recipes:
+        selection = tokenprune.pruner(name, keep=2)(cues)
+        expected = 0 if name == "vtw" else 2
+        assert selection.counts.tolist() == [expected, expected], name
+    # No place means no spatial cue: the spatial recipes fall back to the attention order.
+    fastv = tokenprune.pruner("fastv", keep=2)(cues).indices
+    assert torch.equal(tokenprune.pruner("adaptprune", keep=2)(cues).indices, fastv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 
 import pytest
@@ -112,3 +113,75 @@ def test_register_plugin_programmatically():
     finally:
         unregister_plugin("extra")
     assert "top_half" not in tokenprune.available("recipe")
+
+
+def _plugin(result):
+    """A plugin object whose strategies hook returns ``result`` (or raises it)."""
+
+    class Plugin:
+        @tokenprune.hookimpl
+        def tokenprune_strategies(self):
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+    return Plugin()
+
+
+@pytest.mark.parametrize(
+    ("result", "match"),
+    [
+        (tokenprune.Strategy("x", "selector", TopK, "d"), "tokenprune_strategies must return a list of entries, got Strategy"),
+        ([tokenprune.Strategy("x", "recipe", TopK, "d")], "strategy 'x' has kind 'recipe', expected one of score, transform"),
+        ([tokenprune.Strategy("x", "score", None, "d")], "strategy 'x' needs a callable factory, got None"),
+        ([tokenprune.Recipe("x", ["attention", "top_k"], "d")], "recipe 'x' needs a spec string"),
+        ([tokenprune.Recipe("my-recipe", "attention | top_k", "d")], "expected entry names that are identifiers"),
+        ([object()], "expected Strategy or Recipe entries"),
+        (RuntimeError("boom"), "its tokenprune_strategies hook raised RuntimeError: boom"),
+    ],
+)
+def test_malformed_plugins_raise_plugin_error_naming_the_plugin(result, match):
+    with pytest.raises(PluginError, match=f"plugin 'broken': .*{match}"):
+        tokenprune.register_plugin(_plugin(result), name="broken")
+    assert "broken" not in {name for name, _ in get_registry().manager.list_name_plugin()}
+    assert "top_k" in tokenprune.available("selector")
+
+
+class _EntryPoint:
+    """What importlib.metadata yields for an installed entry point: name, value, dist, load()."""
+
+    def __init__(self, name, module, dist):
+        self.name, self.value, self.group = name, module, "tokenprune"
+        self.dist = type("Dist", (), {"name": dist})()
+        self._module = module
+
+    def load(self):
+        return importlib.import_module(self._module)
+
+
+def test_two_distributions_with_the_same_entry_point_name_both_load(monkeypatch):
+    from tokenprune import registry
+
+    first = _EntryPoint("plugin", "plugins_for_registry.first", "first-dist")
+    second = _EntryPoint("plugin", "plugins_for_registry.second", "second-dist")
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [first, second])
+    try:
+        reg = registry.reload()
+        assert reg.get("recipe", "first_recipe").plugin == "plugin"
+        assert reg.get("recipe", "second_recipe").plugin == "second-dist:plugin"
+    finally:
+        monkeypatch.undo()
+        registry.reload()
+
+
+def test_an_entry_point_that_fails_to_import_names_itself(monkeypatch):
+    from tokenprune import registry
+
+    broken = _EntryPoint("oops", "plugins_for_registry.missing", "oops-dist")
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [broken])
+    try:
+        with pytest.raises(PluginError, match=r"plugin 'oops' \(entry point .* of oops-dist\): failed to load: ModuleNotFoundError"):
+            registry.reload()
+    finally:
+        monkeypatch.undo()
+        registry.reload()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from tokenprune._batch_index import sample_slice
 from tokenprune.errors import CueError
 from tokenprune.layout import Layout
 
@@ -46,6 +47,10 @@ class Cues:
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Layout):
             raise CueError(f"layout: expected a tokenprune.Layout, got {type(self.layout).__name__}")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise CueError(
+                f"generator: expected a torch.Generator or None, got {type(self.generator).__name__}"
+            )
         b, n = self.layout.batch_size, self.layout.num_tokens
         for name in ("attention", "text_attention", "self_attention"):
             _check_tensor(name, getattr(self, name), (b, n), self.layout.device)
@@ -82,8 +87,7 @@ class Cues:
 
     def __getitem__(self, index: int | slice) -> Cues:
         """Sample ``index`` (kept as a batch of one) or a slice of samples."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        index = sample_slice(index, self.batch_size)
         values = {}
         for f in fields(self):
             value = getattr(self, f.name)

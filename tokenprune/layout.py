@@ -19,12 +19,14 @@ Optional, for pictures and canvas-level strategies:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
+from tokenprune._batch_index import sample_slice
 from tokenprune.errors import LayoutError
 
 __all__ = ["Layout"]
@@ -88,8 +90,7 @@ class Layout:
 
     def __getitem__(self, index: int | slice) -> Layout:
         """Sample ``index`` (kept as a batch of one) or a slice of samples."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        index = sample_slice(index, self.batch_size)
         return Layout(
             **{
                 f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
@@ -110,6 +111,8 @@ class Layout:
         cls, height: int, width: int, batch: int = 1, device: torch.device | str | None = None
     ) -> Layout:
         """One ``height x width`` region, tokens row-major (LLaVA-1.5: ``grid(24, 24)``)."""
+        _check_count("height", height, minimum=1)
+        _check_count("width", width, minimum=1)
         return cls.regions_of([(height, width)], batch=batch, device=device)
 
     @classmethod
@@ -128,11 +131,19 @@ class Layout:
             separators: if True, one token without a place follows every row of every
                 region (the way LLaVA-NeXT lays out its high-resolution grid).
         """
+        _check_count("batch", batch, minimum=1)
+        if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Sequence):
+            raise LayoutError(f"shapes: expected a sequence of (height, width), got {shapes!r}")
         for i, shape in enumerate(shapes):
-            if len(shape) != 2 or any(int(s) < 1 for s in shape):
+            if (
+                not isinstance(shape, Sequence)
+                or len(shape) != 2
+                or not all(_is_int(s) and s >= 1 for s in shape)
+            ):
                 raise LayoutError(
-                    f"shapes[{i}]: expected (height, width) with both >= 1, got {tuple(shape)}"
+                    f"shapes[{i}]: expected (height, width), two ints >= 1, got {shape!r}"
                 )
+        shapes = [(int(h), int(w)) for h, w in shapes]
         rows, cols, regs = [], [], []
         for r, (h, w) in enumerate(shapes):
             for y in range(h):
@@ -159,6 +170,7 @@ class Layout:
     @classmethod
     def empty(cls, batch: int = 1, device: torch.device | str | None = None) -> Layout:
         """A layout with no candidate tokens (N = 0, R = 0): nothing to prune."""
+        _check_count("batch", batch, minimum=1)
         device = torch.device("cpu") if device is None else torch.device(device)
         return cls(
             positions=torch.zeros(batch, 0, 2, device=device),
@@ -175,6 +187,9 @@ class Layout:
         """
         if not layouts:
             raise LayoutError("layouts: expected at least one Layout, got an empty sequence")
+        for i, lay in enumerate(layouts):
+            if not isinstance(lay, Layout):
+                raise LayoutError(f"layouts[{i}]: expected a Layout, got {type(lay).__name__}")
         n = max(lay.num_tokens for lay in layouts)
         r = max(lay.num_regions for lay in layouts)
         device = layouts[0].device
@@ -240,14 +255,27 @@ def _validate(layout: Layout) -> None:
     if len(devices) != 1:
         raise LayoutError(f"layout tensors: expected one device, got {sorted(map(str, devices))}")
     r = s.shape[1]
-    if layout.region_boxes is not None and layout.region_boxes.shape != (b, r, 4):
+    boxes, images = layout.region_boxes, layout.region_images
+    if boxes is not None and (
+        not isinstance(boxes, Tensor) or boxes.shape != (b, r, 4) or not boxes.is_floating_point()
+    ):
         raise LayoutError(
-            f"region_boxes: expected shape (B, R, 4) = ({b}, {r}, 4), got {tuple(layout.region_boxes.shape)}"
+            f"region_boxes: expected a float tensor of shape (B, R, 4) = ({b}, {r}, 4), got {_describe(boxes)}"
         )
-    if layout.region_images is not None and layout.region_images.shape != (b, r):
+    if images is not None and (
+        not isinstance(images, Tensor) or images.shape != (b, r) or images.dtype != torch.long
+    ):
         raise LayoutError(
-            f"region_images: expected shape (B, R) = ({b}, {r}), got {tuple(layout.region_images.shape)}"
+            f"region_images: expected a long tensor of shape (B, R) = ({b}, {r}), got {_describe(images)}"
         )
+    extra_devices = {t.device for t in (boxes, images) if t is not None} - devices
+    if extra_devices:
+        raise LayoutError(
+            f"region_boxes/region_images: expected device {next(iter(devices))}, "
+            f"got {sorted(map(str, extra_devices))}"
+        )
+    if images is not None and images.numel() and int(images.min()) < -1:
+        raise LayoutError(f"region_images: expected image indices >= -1, got min {int(images.min())}")
     if n == 0:
         return
     if bool((s < 0).any()):
@@ -264,7 +292,8 @@ def _validate(layout: Layout) -> None:
         raise LayoutError("positions: expected whole cell indices for tokens with a region, got fractions")
     if not bool(torch.isnan(p[v & (g < 0)]).all()):
         raise LayoutError("positions: expected NaN for valid tokens without a region (regions == -1)")
-    shape_of = torch.gather(s, 1, g.clamp(min=0).unsqueeze(-1).expand(-1, -1, 2))[placed].to(p.dtype)
+    shape_of = torch.stack([region_values(layout, s[..., 0]), region_values(layout, s[..., 1])], -1)
+    shape_of = shape_of[placed].to(p.dtype)
     if bool(((pos_placed < 0) | (pos_placed >= shape_of)).any()):
         raise LayoutError("positions: expected 0 <= (row, col) < region_shapes[region] for every placed token")
     cell = _cell_ids(layout)[placed]
@@ -274,15 +303,49 @@ def _validate(layout: Layout) -> None:
         raise LayoutError("positions: expected at most one token per (region, row, col) cell, got duplicates")
 
 
+def _is_int(value: object) -> bool:
+    """True for Python/NumPy/0-d tensor integers, False for bools and floats."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if not _is_int(value) or int(value) < minimum:  # type: ignore[call-overload]
+        raise LayoutError(f"{name}: expected an int >= {minimum}, got {value!r}")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"{value.dtype} {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def region_values(layout: Layout, values: Tensor) -> Tensor:
+    """``(B, N)``: ``values (B, R)`` of each token's region, 0 for tokens without one.
+
+    Safe for R = 0 (every token unplaced), where a plain gather would index out of range.
+    """
+    b, r = values.shape
+    padded = torch.cat([values, values.new_zeros(b, 1)], dim=1)  # slot R: "no region"
+    index = torch.where(layout.regions >= 0, layout.regions, torch.full_like(layout.regions, r))
+    return torch.gather(padded, 1, index)
+
+
 def _cell_ids(layout: Layout) -> Tensor:
     """``(B, N)`` long: a token's cell in the flattened concatenation of its sample's
     region grids (row-major per region, regions in id order); -1 without a place."""
     s = layout.region_shapes
     area = s[..., 0] * s[..., 1]
     base = torch.cumsum(area, dim=1) - area
-    g = layout.regions.clamp(min=0)
-    width = torch.gather(s[..., 1], 1, g)
-    cell = torch.gather(base, 1, g) + (
+    width = region_values(layout, s[..., 1])
+    cell = region_values(layout, base) + (
         torch.nan_to_num(layout.positions[..., 0]).long() * width
         + torch.nan_to_num(layout.positions[..., 1]).long()
     )

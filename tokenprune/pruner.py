@@ -42,13 +42,13 @@ class Pruner:
         for i, t in enumerate(transforms):
             _check_stage(f"transforms[{i}]", t, Transform)
         _check_stage("selector", selector, Selector)
-        if selector.uses_budget:
-            if keep is None:
-                raise SpecError(
-                    f"keep: selector '{selector.name}' needs keep= (a fraction in (0, 1] or a "
-                    "count >= 1), got None"
-                )
-            resolve_keep(keep, torch.zeros(0, dtype=torch.long))  # validate the value early
+        if selector.uses_budget and keep is None:
+            raise SpecError(
+                f"keep: selector '{selector.name}' needs keep= (a fraction in (0, 1] or a "
+                "count >= 1), got None"
+            )
+        if keep is not None:  # validate early, even where the selector ignores it
+            resolve_keep(keep, torch.zeros(0, dtype=torch.long))
         self.score = score
         self.transforms = tuple(transforms)
         self.selector = selector

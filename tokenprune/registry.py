@@ -8,6 +8,7 @@ Built-ins are plugins like any other (`tokenprune.strategies.builtin`,
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 StrategyKind = Literal["score", "transform", "selector", "decay"]
+STRATEGY_KINDS: tuple[str, ...] = ("score", "transform", "selector", "decay")
 #: Kinds of registered names, in spec-string order.
 KINDS = ("recipe", "score", "transform", "selector", "decay", "adapter")
 
@@ -85,15 +87,35 @@ class Registry:
             (manager.hook.tokenprune_adapters, (Adapter,)),
         ):
             for impl in hook.get_hookimpls():
-                for entry in impl.function() or []:
+                for entry in _hook_entries(impl, hook.name):
                     self._add(entry, impl.plugin_name, allowed)
 
     def _add(self, entry: Any, plugin: str, allowed: tuple[type, ...]) -> None:
         if not isinstance(entry, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise PluginError(f"plugin '{plugin}': expected {names} entries, got {entry!r}")
-        if entry.kind not in self._entries or (entry.kind == "adapter" and not isinstance(entry, Adapter)):
-            raise PluginError(f"plugin '{plugin}': entry '{entry.name}' has unknown kind {entry.kind!r}")
+        if not isinstance(entry.name, str) or not entry.name.isidentifier():
+            raise PluginError(
+                f"plugin '{plugin}': expected entry names that are identifiers (usable in spec "
+                f"strings), got {entry.name!r}"
+            )
+        if isinstance(entry, Strategy) and entry.kind not in STRATEGY_KINDS:
+            raise PluginError(
+                f"plugin '{plugin}': strategy '{entry.name}' has kind {entry.kind!r}, expected one of "
+                f"{', '.join(STRATEGY_KINDS)} (recipes are tokenprune.Recipe entries)"
+            )
+        if isinstance(entry, Strategy) and not callable(entry.factory):
+            raise PluginError(
+                f"plugin '{plugin}': strategy '{entry.name}' needs a callable factory, got {entry.factory!r}"
+            )
+        if isinstance(entry, Recipe) and not isinstance(entry.spec, str):
+            raise PluginError(
+                f"plugin '{plugin}': recipe '{entry.name}' needs a spec string, got {entry.spec!r}"
+            )
+        if isinstance(entry, Adapter) and not (callable(entry.matches) and callable(entry.layout)):
+            raise PluginError(
+                f"plugin '{plugin}': adapter '{entry.name}' needs callable matches and layout"
+            )
         table = self._entries[entry.kind]
         if entry.name in table:
             raise PluginError(
@@ -125,6 +147,46 @@ class Registry:
             ) from None
 
 
+def _hook_entries(impl: pluggy.HookImpl, hook: str) -> list[Any]:
+    """What one plugin's hook returns: a list (or tuple) of entries, None for none."""
+    try:
+        result = impl.function()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin '{impl.plugin_name}': its {hook} hook raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if result is None:
+        return []
+    if not isinstance(result, (list, tuple)):
+        raise PluginError(
+            f"plugin '{impl.plugin_name}': {hook} must return a list of entries, "
+            f"got {type(result).__name__}"
+        )
+    return list(result)
+
+
+def _load_entry_points(manager: pluggy.PluginManager) -> None:
+    """Register every installed plugin of entry-point group ``tokenprune``.
+
+    Unlike pluggy's loader, which silently skips a second entry point of the same name,
+    two distributions that both name their entry point ``x`` both load: the later one
+    as ``<distribution>:x``. A plugin that fails to import raises `PluginError` naming it.
+    """
+    for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin '{ep.name}' (entry point {ep.value!r} of {dist}): failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if manager.is_registered(plugin):
+            continue  # the same module exposed twice
+        name = ep.name if manager.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
+        manager.register(plugin, name=name)
+
+
 _lock = threading.Lock()
 _registry: Registry | None = None
 _extra_plugins: list[tuple[object, str]] = []
@@ -138,7 +200,7 @@ def _build() -> Registry:
     manager.add_hookspecs(hookspecs)
     manager.register(builtin_strategies, name="tokenprune.strategies")
     manager.register(builtin_adapters, name="tokenprune.adapters")
-    manager.load_setuptools_entrypoints(hookspecs.PROJECT)
+    _load_entry_points(manager)
     for plugin, name in _extra_plugins:
         manager.register(plugin, name=name)
     return Registry(manager)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tokenprune._batch_index import sample_slice
 from tokenprune.errors import SpecError
 
 __all__ = ["Keep", "Selection", "resolve_keep"]
@@ -39,8 +40,7 @@ class Selection:
         return self.mask.sum(dim=1)
 
     def __getitem__(self, index: int | slice) -> Selection:
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        index = sample_slice(index, self.mask.shape[0])
         return Selection(self.indices[index], self.mask[index], self.scores[index])
 
     @classmethod

@@ -54,7 +54,7 @@ def parse_spec(spec: str) -> list[StageSpec]:
                 raise SpecError(f"spec: stage {i} {text!r}: '**' is not supported")
             try:
                 kwargs[kw.arg] = ast.literal_eval(kw.value)
-            except ValueError:
+            except (ValueError, TypeError):  # TypeError: an unhashable dict key, {[1]: 2}
                 raise SpecError(
                     f"spec: stage {i} {text!r}: value of {kw.arg!r} must be a literal "
                     f"(number, string, None, True/False, tuple), got {ast.unparse(kw.value)!r}"

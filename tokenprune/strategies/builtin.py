@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from tokenprune.errors import SpecError
 from tokenprune.hookspecs import hookimpl
 from tokenprune.registry import Recipe, Strategy, get_registry
@@ -29,6 +31,14 @@ def soft_nms(radius: float | None = 5.0, **decays: object) -> SoftNMS:
     registry = get_registry()
     terms = []
     for name, value in {**_DEFAULT_DECAYS, **decays}.items():
+        if not registry.has("decay", name):
+            options = ["radius", *registry.names("decay")]
+            close = difflib.get_close_matches(name, options, n=2)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise SpecError(
+                f"soft_nms {name}: unknown argument; {hint}soft_nms accepts radius and the "
+                f"registered decays ({', '.join(registry.names('decay'))})"
+            )
         entry = registry.get("decay", name)
         if value is None or value is False:
             continue

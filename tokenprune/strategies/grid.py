@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tokenprune.layout import Layout, _cell_ids
+from tokenprune.layout import Layout, _cell_ids, region_values
 
 __all__ = ["CellGrid", "cell_grid", "disc_offsets", "lookup", "neighbors", "square_offsets"]
 
@@ -62,14 +62,13 @@ def cell_grid(layout: Layout) -> CellGrid:
     token = torch.arange(n, device=device).expand(b, n)
     table.scatter_(1, torch.where(placed, cells, scratch), torch.where(placed, token, -1))
     table[:, -1] = -1  # the scratch cell absorbed every unplaced token
-    region = layout.regions.clamp(min=0)
     place = torch.stack(
         [
             cells,
             torch.nan_to_num(layout.positions[..., 0]).long(),
             torch.nan_to_num(layout.positions[..., 1]).long(),
-            torch.gather(shapes[..., 0], 1, region),
-            torch.gather(shapes[..., 1], 1, region),
+            region_values(layout, shapes[..., 0]),
+            region_values(layout, shapes[..., 1]),
         ],
         dim=-1,
     )

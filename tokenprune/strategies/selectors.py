@@ -13,7 +13,7 @@ from torch import Tensor
 
 from tokenprune.cues import Cues
 from tokenprune.errors import SpecError
-from tokenprune.layout import Layout
+from tokenprune.layout import Layout, region_values
 from tokenprune.selection import Selection
 from tokenprune.strategies.base import Selector
 from tokenprune.strategies.ranking import rank_order
@@ -64,11 +64,12 @@ def grid_cells(layout: Layout, cell: int) -> Tensor:
     blocks_w = torch.div(shapes[..., 1] + cell - 1, cell, rounding_mode="floor")
     count = blocks_h * blocks_w
     base = torch.cumsum(count, dim=1) - count
-    region = layout.regions.clamp(min=0)
     pos = torch.nan_to_num(layout.positions).long()
-    ids = torch.gather(base, 1, region) + torch.div(pos[..., 0], cell, rounding_mode="floor") * torch.gather(
-        blocks_w, 1, region
-    ) + torch.div(pos[..., 1], cell, rounding_mode="floor")
+    ids = (
+        region_values(layout, base)
+        + torch.div(pos[..., 0], cell, rounding_mode="floor") * region_values(layout, blocks_w)
+        + torch.div(pos[..., 1], cell, rounding_mode="floor")
+    )
     return torch.where(layout.placed, ids, torch.full_like(ids, -1))
 
 

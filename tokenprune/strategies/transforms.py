@@ -10,7 +10,7 @@ from torch import Tensor
 
 from tokenprune.cues import Cues
 from tokenprune.errors import SpecError
-from tokenprune.layout import Layout
+from tokenprune.layout import Layout, region_values
 from tokenprune.strategies.base import Transform
 from tokenprune.strategies.grid import neighbors, square_offsets
 
@@ -36,10 +36,9 @@ def gaussian_map(layout: Layout, sigma: float | None = None) -> Tensor:
     divided by its maximum over the region. ``sigma=None`` uses ``sy = h/2, sx = w/2``:
     for LLaVA-1.5's 24 x 24 grid that is the authors' ``sigma = 12`` on ``linspace(-12, 12, 24)``.
     """
-    region = layout.regions.clamp(min=0)
     shapes = layout.region_shapes
-    h = torch.gather(shapes[..., 0], 1, region)
-    w = torch.gather(shapes[..., 1], 1, region)
+    h = region_values(layout, shapes[..., 0])
+    w = region_values(layout, shapes[..., 1])
     pos = torch.nan_to_num(layout.positions).long()
     y, y0 = _axis_coordinate(pos[..., 0], h)
     x, x0 = _axis_coordinate(pos[..., 1], w)
@@ -62,7 +61,7 @@ class Gaussian(Transform):
     name = "gaussian"
 
     def __post_init__(self) -> None:
-        if self.sigma is not None and not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
+        if self.sigma is not None and not (isinstance(self.sigma, (int, float)) and not isinstance(self.sigma, bool) and self.sigma > 0 and math.isfinite(self.sigma)):
             raise SpecError(f"gaussian sigma: expected a positive number of cells or None, got {self.sigma!r}")
 
     def __call__(self, scores: Tensor, cues: Cues) -> Tensor:

@@ -1,0 +1,1 @@
+"""Two minimal plugin modules for the entry-point loading tests."""
