@@ -166,3 +166,15 @@ def test_second_n_does_not_recompile_more_than_once():
     assert first >= 1
     assert second - first <= 1
     assert third == second
+
+
+def test_a_radius_beyond_every_region_is_the_whole_region(eager_selectors):
+    # radius=1e6 would be a 10^12-cell disc; capped at the largest region's diagonal it
+    # selects exactly what radius=None (the whole region as window) selects.
+    layout = Layout.regions_of([(24, 24), (5, 9)], batch=2)
+    g = torch.Generator().manual_seed(0)
+    cues = Cues(layout, attention=torch.rand(2, layout.num_tokens, generator=g),
+                keys=torch.randn(2, layout.num_tokens, 8, generator=g))
+    huge = tokenprune.pruner("adaptprune", keep=40, radius=1e6)(cues).indices
+    whole = tokenprune.pruner("adaptprune", keep=40, radius=None)(cues).indices
+    assert torch.equal(huge, whole)

@@ -169,6 +169,18 @@ _window_steps = maybe_compiled(_unrolled(_window_step))
 _dense_steps = maybe_compiled(_unrolled(_dense_step))
 
 
+def _useful_radius(radius: float, region_shapes: Tensor) -> float:
+    """``radius``, capped where a larger disc adds no offset that stays inside a region.
+
+    Every in-region offset has length at most the largest region's diagonal, so the cap
+    changes no result; it keeps ``radius=1e6`` from building a 10^12-cell disc.
+    """
+    if region_shapes.numel() == 0:
+        return min(radius, 1.0)
+    diagonal = math.hypot(*region_shapes.flatten(0, 1).max(0).values.tolist())
+    return radius if radius <= diagonal else diagonal
+
+
 @dataclass(frozen=True, repr=False)
 class SoftNMS(Selector):
     """Adaptive Soft-NMS. ``radius`` in cells (None: whole region); ``decays`` multiply
@@ -216,7 +228,7 @@ class SoftNMS(Selector):
             )
         steps = int(budget.max()) if budget.numel() else 0
         if self.radius is not None:
-            offsets = disc_offsets(self.radius)
+            offsets = disc_offsets(_useful_radius(self.radius, layout.region_shapes))
             distance2 = (offsets**2).sum(-1).to(device=scores.device, dtype=dtype)
             grid = cell_grid(layout)
             run, args = _window_steps, (grid, offsets.to(scores.device), distance2, keys, inv, self.decays)
