@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,6 +191,7 @@ def _demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         text_layers=args.text_layers,
         hidden=args.hidden,
     )
+    _check_writable_dir("--out", args.out)  # before minutes of work, not after
     print(f"tokenprune demo: random-weight LLaVA-1.5 geometry, keep={config.keep}, layer={config.layer}, "
           f"{config.text_layers} text layers of width {config.hidden}", file=stdout, flush=True)
     results, image = demo.run(config, progress=_progress(not args.no_progress, stderr))
@@ -224,6 +226,8 @@ def _select(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         raise UsageError(f"--out: expected a file name ending in .json or .pt, got {str(args.out)!r}")
     if picture_path.suffix.lower() != ".png":
         raise UsageError(f"--picture: expected a file name ending in .png, got {str(picture_path)!r}")
+    _check_writable_file("--out", args.out)
+    _check_writable_file("--picture", picture_path)
     generator = torch.Generator().manual_seed(args.seed)
     cues = load_cues(args.cues, grid=args.grid, generator=generator)
     pruner = tokenprune.pruner(args.recipe, keep=args.keep)
@@ -242,6 +246,34 @@ def _select(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     print(f"kept per sample: {counts} (of {', '.join(str(n) for n in cues.layout.num_valid().tolist())})", file=stdout)
     print(f"selection: {out}\npicture: {picture_path}", file=stdout)
     return 0
+
+
+def _check_writable_dir(option: str, path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option}: expected a directory (new or existing), got {str(path)!r}, an existing file")
+    parent = _existing_ancestor(path)
+    if not parent.is_dir():
+        raise UsageError(f"{option}: expected a directory we can create, got {str(path)!r} ({str(parent)!r} is a file)")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option}: expected a directory we can create or write, got {str(path)!r} ({str(parent)!r} is not writable)")
+
+
+def _check_writable_file(option: str, path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"{option}: expected a file name, got {str(path)!r}, a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option}: expected a file in an existing directory, got {str(path)!r} ({str(parent)!r} does not exist)")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option}: expected a writable file, got {str(path)!r} (permission denied)")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest existing directory at or above ``path`` (where mkdir would start)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def _open_image(path: Path) -> Any:

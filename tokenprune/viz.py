@@ -529,8 +529,14 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
             data = load_file(str(path))
     except Exception as exc:
         raise TokenpruneError(f"cues file: expected a readable {suffix} file, got {str(path)!r} ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
+    if not isinstance(data, dict):
         raise CueError(f"cues file: expected a dict of name -> tensor, got {type(data).__name__} in {str(path)!r}")
+    for name, value in data.items():
+        if not isinstance(value, Tensor):
+            raise CueError(
+                f"cues file: expected a dict of name -> tensor, got {name!r} -> {type(value).__name__} "
+                f"in {str(path)!r}"
+            )
     return data
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -146,6 +147,11 @@ def test_llava_next_needs_image_sizes(llava_next):
         ([[700, 500]], "sample 0 has 2242 image tokens.*take \\[\\d+\\]"),
         ([[500, 700], [500, 700]], "image_sizes: expected 1 images .* got 2"),
         ([[500]], "image_sizes\\[0\\]: expected the \\(height, width\\)"),
+        ([500, 700], "image_sizes\\[0\\]: .*got 500 \\(for a single image, pass \\[\\(height, width\\)\\]\\)"),
+        (torch.tensor([500, 700]), "image_sizes: expected an integer tensor of shape \\(I, 2\\).*got torch.int64 \\(2,\\)"),
+        (torch.tensor([[500.0, 700.0]]), "image_sizes: expected an integer tensor.*got torch.float32 \\(1, 2\\)"),
+        (5, "image_sizes: expected an \\(I, 2\\) tensor or a sequence of \\(height, width\\).*got int"),
+        ([(500.5, 700)], "image_sizes\\[0\\]: expected the \\(height, width\\) of a LLaVA-NeXT image, two ints >= 1"),
     ],
 )
 def test_llava_next_image_sizes_must_match_the_tokens(llava_next, sizes, match):
@@ -162,3 +168,11 @@ def test_llava_next_full_strategy_is_unsupported(llava_next):
             adapters.layout(llava_next, **batch.inputs)
     finally:
         llava_next.config.vision_feature_select_strategy = "default"
+
+
+def test_llava_next_image_sizes_may_be_numpy(llava_next):
+    batch = make_batch(llava_next, [[(500, 700)]])
+    expected = adapters.layout(llava_next, **batch.inputs)
+    for sizes in (np.array([[500, 700]]), [np.array([500, 700])], [(np.int64(500), np.int64(700))]):
+        got = adapters.layout(llava_next, **{**batch.inputs, "image_sizes": sizes})
+        assert torch.equal(got.positions.nan_to_num(-1), expected.positions.nan_to_num(-1))

@@ -139,6 +139,8 @@ def test_sizes_give_tile_boxes(internvl):
         ({"min_patches": 1, "max_patches": 1}, "sample 0 has 1792 image tokens"),
         ({"min_patches": 3, "max_patches": 2}, "min_patches, max_patches"),
         ({"image_sizes": [(900, 0)]}, "image_sizes\\[0\\]"),
+        ({"min_patches": "a"}, "min_patches, max_patches: expected ints .* got 'a', 6"),
+        ({"max_patches": 6.0}, "min_patches, max_patches: expected ints .* got 6, 6.0"),
     ],
 )
 def test_wrong_image_sizes_raise(internvl, change, match):
@@ -161,3 +163,18 @@ def test_partial_tile_raises(internvl):
     cut = torch.cat([ids[:, :first], ids[:, first + 1 :]], dim=1)  # one placeholder less
     with pytest.raises(LayoutError, match="input_ids: expected whole tiles of 256"):
         adapters.layout(internvl, input_ids=cut)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_sizes_of_a_batch_that_generate_repeated_for_beams(internvl, as_tensor):
+    # generate(num_beams=2) repeats every row of input_ids twice, leaves an extra
+    # image_sizes list alone and repeats each row of a tensor in place.
+    batch = make_batch(internvl, [[(448, 896)], [(896, 448), (448, 448)]])
+    sizes = batch.extra["image_sizes"]
+    expected = adapters.layout(internvl, **batch.layout_inputs)
+    repeated = {"input_ids": batch.inputs["input_ids"].repeat_interleave(2, dim=0)}
+    given = torch.tensor(sizes).repeat_interleave(2, dim=0) if as_tensor else sizes
+    got = adapters.layout(internvl, **repeated, image_sizes=given)
+    for name in ("positions", "region_shapes", "region_boxes"):
+        want = getattr(expected, name).repeat_interleave(2, dim=0)
+        assert torch.equal(getattr(got, name).nan_to_num(-1), want.nan_to_num(-1)), name

@@ -130,6 +130,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     torch.save({"attention": torch.rand(1, 576)}, tmp / "no_layout.pt")
     torch.save({"attention": torch.rand(1, 10), "atention": torch.rand(1, 10)}, tmp / "typo.pt")
     torch.save([1, 2, 3], tmp / "list.pt")
+    torch.save({"attention": [0.1, 0.2]}, tmp / "not_tensor.pt")
     (tmp / "garbage.pt").write_bytes(b"not a torch file")
     (tmp / "cues.txt").write_text("attention")
     viz.save_cues(tmp / "good.pt", _cues(batch=1))
@@ -160,6 +161,11 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
         (["select", "{good}", "--image", "{missing}"], "--image"),
         (["select", "{good}", "--out", "{cues}"], ".json"),
         (["select", "{good}", "--picture", "{cues}"], ".png"),
+        (["select", "{not_tensor}"], "got 'attention' -> list"),
+        (["select", "{good}", "--out", "{missing}/s.json"], "--out: expected a file in an existing directory"),
+        (["select", "{good}", "--picture", "{missing}/p.png"], "--picture: expected a file in an existing directory"),
+        (["demo", "--out", "{cues}"], "--out: expected a directory (new or existing)"),
+        (["demo", "--out", "{cues}/sub"], "is a file"),
         (["frobnicate"], "invalid choice"),
         ([], "COMMAND"),
     ],

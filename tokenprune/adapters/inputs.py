@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from tokenprune.errors import LayoutError, UnsupportedModelError
@@ -71,16 +73,49 @@ def pair(value: int | Sequence[int]) -> tuple[int, int]:
 
 def image_sizes_of(value: Any, family: str) -> list[tuple[int, int]]:
     """``image_sizes`` (a ``(I, 2)`` tensor or a sequence of (height, width)) as a list."""
-    rows = value.tolist() if isinstance(value, Tensor) else list(value)
+    if type(value).__module__ == "numpy":  # a processor's return_tensors="np"
+        value = torch.as_tensor(value)
+    if isinstance(value, Tensor):
+        if value.dim() != 2 or value.shape[1] != 2 or value.is_floating_point():
+            raise LayoutError(
+                f"image_sizes: expected an integer tensor of shape (I, 2), one (height, width) "
+                f"per {family} image, got {value.dtype} {tuple(value.shape)}"
+            )
+        rows = value.tolist()
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        rows = list(value)
+    else:
+        raise LayoutError(
+            f"image_sizes: expected an (I, 2) tensor or a sequence of (height, width), one "
+            f"per {family} image, got {type(value).__name__}"
+        )
     sizes = []
     for i, row in enumerate(rows):
-        if len(row) != 2 or int(row[0]) < 1 or int(row[1]) < 1:
+        if isinstance(row, Tensor) or type(row).__module__ == "numpy":
+            row = row.tolist()
+        if (
+            not isinstance(row, Sequence)
+            or len(row) != 2
+            or not all(_whole(x) and x >= 1 for x in row)
+        ):
+            hint = " (for a single image, pass [(height, width)])" if not isinstance(row, Sequence) else ""
             raise LayoutError(
-                f"image_sizes[{i}]: expected the (height, width) of a {family} image, both >= 1, "
-                f"got {row}"
+                f"image_sizes[{i}]: expected the (height, width) of a {family} image, two ints "
+                f">= 1, got {row!r}{hint}"
             )
         sizes.append((int(row[0]), int(row[1])))
     return sizes
+
+
+def _whole(value: Any) -> bool:
+    """An integer (Python, NumPy or 0-d tensor), not a bool or a float."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def assign_images(
@@ -99,7 +134,51 @@ def assign_images(
 
     Returns:
         Per sample, the indices into ``sizes`` of its images.
+
+    ``generate(num_beams=r)`` (or ``num_return_sequences``) repeats every sample r times
+    but leaves an extra ``image_sizes`` list as it is and repeats each row of a tensor r
+    times in place; both are recognised when the direct split fails.
     """
+    try:
+        return _assign_in_order(counts, sizes, tokens_per_image, family)
+    except LayoutError as direct:
+        for repeats in range(2, len(counts) + 1):
+            found = _assign_expanded(counts, sizes, tokens_per_image, family, repeats)
+            if found is not None:
+                return found
+        raise direct
+
+
+def _assign_expanded(
+    counts: list[int],
+    sizes: list[tuple[int, int]],
+    tokens_per_image: Callable[[tuple[int, int]], int],
+    family: str,
+    repeats: int,
+) -> list[list[int]] | None:
+    """`assign_images` for a batch whose samples each appear ``repeats`` times in a row."""
+    if len(counts) % repeats or any(counts[i] != counts[i - i % repeats] for i in range(len(counts))):
+        return None
+    originals = counts[::repeats]
+    # image_sizes as passed (a list), or each row repeated in place (a tensor).
+    candidates = [list(range(len(sizes)))]
+    if len(sizes) % repeats == 0 and all(sizes[i] == sizes[i - i % repeats] for i in range(len(sizes))):
+        candidates.append(list(range(0, len(sizes), repeats)))
+    for index in candidates:
+        try:
+            per_original = _assign_in_order(originals, [sizes[i] for i in index], tokens_per_image, family)
+        except LayoutError:
+            continue
+        return [[index[i] for i in mine] for mine in per_original for _ in range(repeats)]
+    return None
+
+
+def _assign_in_order(
+    counts: list[int],
+    sizes: list[tuple[int, int]],
+    tokens_per_image: Callable[[tuple[int, int]], int],
+    family: str,
+) -> list[list[int]]:
     per_sample: list[list[int]] = []
     image = 0
     for b, count in enumerate(counts):

@@ -155,10 +155,14 @@ def _on_canvas(
     """Every sample, with each image's canvas recomputed from its size."""
     config = model.config
     tile = pair(config.vision_config.image_size)
-    low, high = int(inputs.get("min_patches", MIN_PATCHES)), int(inputs.get("max_patches", MAX_PATCHES))
-    if not 1 <= low <= high:
+    low = inputs.get("min_patches", MIN_PATCHES)
+    high = inputs.get("max_patches", MAX_PATCHES)
+    low = MIN_PATCHES if low is None else low
+    high = MAX_PATCHES if high is None else high
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (low, high)) or not 1 <= low <= high:
         raise LayoutError(
-            f"min_patches, max_patches: expected 1 <= min_patches <= max_patches, got {low}, {high}"
+            f"min_patches, max_patches: expected ints with 1 <= min_patches <= max_patches, "
+            f"got {low!r}, {high!r}"
         )
     sizes = image_sizes_of(inputs["image_sizes"], "InternVL")
     # The processor tiles only when it may use more than one tile.

@@ -8,6 +8,6 @@ transformers' AttentionInterface), `attention` (attention cues from them), `comp
 (shortening a batch to its kept tokens), `anatomy` (finding the language model).
 """
 
-from tokenprune.engine.session import PrunedSample, PruneRun, prune
+from tokenprune.engine.session import PruneBlock, PrunedSample, PruneRun, prune
 
-__all__ = ["PruneRun", "PrunedSample", "prune"]
+__all__ = ["PruneBlock", "PruneRun", "PrunedSample", "prune"]

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from transformers.cache_utils import StaticLayer
 from transformers.masking_utils import create_causal_mask
 
 from tokenprune import adapters
@@ -48,7 +47,7 @@ from tokenprune.pruner import Pruner
 from tokenprune.pruner import pruner as build_pruner
 from tokenprune.selection import Keep, Selection
 
-__all__ = ["PruneRun", "PrunedSample", "prune"]
+__all__ = ["PruneBlock", "PruneRun", "PrunedSample", "prune"]
 
 #: Cues computed from layer K-1's queries and keys.
 _ATTENTION_CUES = frozenset({"attention", "text_attention", "self_attention"})
@@ -97,11 +96,18 @@ class _Decode:
 
 @dataclass
 class _PrunedCache:
-    """The cache a pruned prefill wrote; its layers K.. are shorter than layer 0."""
+    """What decoding needs to know about a cache that a pruned prefill wrote (its layers
+    K.. are shorter than layer 0). Stored on the cache object itself as
+    ``_CACHE_TAG``, so a ``copy.deepcopy`` of the cache (transformers' prompt-reuse
+    pattern) carries it along."""
 
-    cache: weakref.ref
+    layer: int  # K
     prompt_length: int  # L, the prompt length as layer 0 holds it
     short_mask: Tensor  # (B, L') bool
+
+
+#: Attribute of a cache written by a pruned prefill, holding its `_PrunedCache`.
+_CACHE_TAG = "_tokenprune_pruned"
 
 
 class PruneRun:
@@ -140,7 +146,6 @@ class PruneRun:
         self._tap: AttentionTap | None = None
         self._images = ImageInputs(model)
         self._step: _Prefill | _Decode | None = None
-        self._pruned_cache: _PrunedCache | None = None
 
     @property
     def selections(self) -> list[PrunedSample]:
@@ -185,7 +190,6 @@ class PruneRun:
             finally:
                 self._images.close()
             self._step = None
-            self._pruned_cache = None
 
     # -------------------------------------------------------------------- hooks
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -246,8 +250,10 @@ class PruneRun:
         return bound
 
     def _prefill(self, inputs: dict[str, Any], cache: Any) -> _Prefill | None:
-        # Every prefill replaces the last one's record, also when it prunes nothing.
-        self._pruned_cache = None
+        # Every prefill replaces the last one's record, also when it prunes nothing, and
+        # a cache being refilled from empty (e.g. after reset()) is no longer pruned.
+        if cache is not None and getattr(cache, _CACHE_TAG, None) is not None:
+            delattr(cache, _CACHE_TAG)
         self.selection = self.layout = self.positions = self.kept = None
         if inputs.get("input_ids") is None and not _has_images(inputs):
             return None
@@ -255,6 +261,7 @@ class PruneRun:
         visual = adapters.visual_token_mask(self.model, input_ids)
         if not bool(visual.any()):
             return None
+        _check_prunable(inputs, cache)
         if inputs.get("image_sizes") is None and inputs.get("mm_encoder_outputs"):
             sizes = self._images.image_sizes(inputs["mm_encoder_outputs"])
             if sizes is not None:
@@ -273,9 +280,14 @@ class PruneRun:
         return _Prefill(visual, positions, layout, token_mask)
 
     def _decode(self, inputs: dict[str, Any], cache: Any) -> _Decode | None:
-        pruned = self._pruned_cache
-        if pruned is None or pruned.cache() is not cache:
-            return None
+        pruned = getattr(cache, _CACHE_TAG, None)
+        if pruned is None:
+            return None  # a cache no pruned prefill wrote: the model runs as usual
+        if pruned.layer != self.layer:
+            raise TokenpruneError(
+                f"past_key_values: expected a cache pruned at layer {self.layer} (this block's "
+                f"layer), got one pruned at layer {pruned.layer}"
+            )
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
             new = (
@@ -301,7 +313,7 @@ class PruneRun:
         short_hidden, substitute = _shorten(plan, hidden, kwargs, self._stack.config, self.layer)
         cache = _cache_of(kwargs)
         if cache is not None:
-            self._pruned_cache = _PrunedCache(weakref.ref(cache), keep.shape[1], plan.mask)
+            setattr(cache, _CACHE_TAG, _PrunedCache(self.layer, keep.shape[1], plan.mask))
         self.selection, self.layout, self.positions, self.kept = (
             selection,
             step.layout,
@@ -343,7 +355,28 @@ def _with_hidden(hidden: Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict
 
 
 def _has_images(inputs: dict[str, Any]) -> bool:
-    return any(inputs.get(key) is not None for key in ("pixel_values", "mm_encoder_outputs"))
+    # generate() passes mm_encoder_outputs={} for a prompt without images.
+    return any(
+        inputs.get(key) is not None and not (isinstance(inputs[key], dict) and not inputs[key])
+        for key in ("pixel_values", "mm_encoder_outputs")
+    )
+
+
+def _check_prunable(inputs: dict[str, Any], cache: Any) -> None:
+    """Refuse, before anything runs, the inputs a pruned prefill cannot honour."""
+    if any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())):
+        raise TokenpruneError(
+            f"past_key_values: expected a dynamic cache (the default), got {type(cache).__name__} "
+            "with fixed-size (static) layers, which assume every layer stores every token; "
+            "drop cache_implementation='static' inside a tokenprune.prune block"
+        )
+    if inputs.get("labels") is not None:
+        raise TokenpruneError(
+            "labels: a pruned forward returns logits for the kept tokens only (laid out along "
+            "run.kept), so the model cannot compute a loss against full-length labels; call it "
+            "without labels and compare logits with labels.gather(1, run.kept.clamp(min=0)) "
+            "where run.kept >= 0"
+        )
 
 
 def _cache_of(kwargs: dict) -> Any:
@@ -441,15 +474,14 @@ def _check(run: PruneRun) -> None:
         )
 
 
-@contextmanager
 def prune(
     model: nn.Module,
     pruner: str | Pruner,
     keep: Keep | None = None,
     layer: int = 2,
     generator: torch.Generator | None = None,
-) -> Iterator[PruneRun]:
-    """Prune visual tokens inside ``model``'s prefill for the duration of the block.
+) -> PruneBlock:
+    """Prune visual tokens inside ``model``'s prefill for the duration of a ``with`` block.
 
         >>> with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2) as run:  # doctest: +SKIP
         ...     out = model.generate(**inputs, max_new_tokens=32)
@@ -458,9 +490,10 @@ def prune(
     Layers ``0..layer-1`` see every token; from ``layer`` on (and in their KV cache) each
     sample holds its text tokens and the visual tokens the pruner kept, at their original
     rotary positions. Works with ``generate()`` (greedy, sampling, beams; with or without
-    cache), left-padded batches and any attention implementation the language model
-    calls through transformers' ``AttentionInterface``. Prompts without visual tokens
-    run untouched. With ``use_cache=False`` every forward is a prefill and is pruned.
+    a dynamic cache, including a ``copy.deepcopy`` of a pruned prompt cache), left-padded
+    batches and any attention implementation the language model calls through
+    transformers' ``AttentionInterface``. Prompts without visual tokens run untouched.
+    With ``use_cache=False`` every forward is a prefill and is pruned.
 
     Args:
         model: a transformers VLM with a registered adapter (``llava``, ``llava_next``,
@@ -471,30 +504,57 @@ def prune(
         layer: K, the first decoder layer that sees only the kept tokens.
         generator: random source for random strategies.
 
-    Yields:
-        a `PruneRun` holding the last prefill's selections.
+    Returns:
+        a reusable `PruneBlock`; each ``with`` yields a fresh `PruneRun` holding that
+        block's selections.
 
     Raises:
         SpecError: bad ``pruner`` / ``keep``, or ``layer`` out of range.
         CueError: the pruner needs a cue this model / layer cannot give.
         UnsupportedModelError: no adapter for the model, or a language model the engine
             cannot hook.
+        TokenpruneError (inside the block): a static cache, ``labels``, or a cache pruned
+            at another layer.
     """
-    built = _resolve(pruner, keep)
-    adapters.adapter_for(model)
-    run = PruneRun(model, built, layer, generator)
-    _check(run)
-    if model in _ACTIVE:
-        raise TokenpruneError(
-            f"model: expected a model outside any other tokenprune.prune block, got "
-            f"{type(model).__name__} already being pruned"
-        )
-    _ACTIVE.add(model)
-    try:
-        run._open()
-        yield run
-    finally:
+    return PruneBlock(model, _resolve(pruner, keep), layer, generator)
+
+
+class PruneBlock:
+    """The context manager `prune` returns: checked when built, reusable, not nestable
+    on one model. Entering installs the hooks and yields a new `PruneRun`; leaving
+    removes them, also after an exception."""
+
+    def __init__(
+        self, model: nn.Module, pruner: Pruner, layer: int, generator: torch.Generator | None
+    ) -> None:
+        adapters.adapter_for(model)
+        _check(PruneRun(model, pruner, layer, generator))
+        self.model, self.pruner, self.layer, self.generator = model, pruner, layer, generator
+        self._run: PruneRun | None = None
+
+    def __enter__(self) -> PruneRun:
+        if self.model in _ACTIVE:
+            raise TokenpruneError(
+                f"model: expected a model outside any other tokenprune.prune block, got "
+                f"{type(self.model).__name__} already being pruned"
+            )
+        run = PruneRun(self.model, self.pruner, self.layer, self.generator)
+        _ACTIVE.add(self.model)
+        try:
+            run._open()
+        except BaseException:
+            self._leave(run)
+            raise
+        self._run = run
+        return run
+
+    def __exit__(self, *exc_info: object) -> None:
+        run, self._run = self._run, None
+        if run is not None:
+            self._leave(run)
+
+    def _leave(self, run: PruneRun) -> None:
         try:
             run._close()
         finally:
-            _ACTIVE.discard(model)
+            _ACTIVE.discard(self.model)
