@@ -19,7 +19,6 @@ Optional, for pictures and canvas-level strategies:
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from tokenprune._batch_index import sample_slice
+from tokenprune._values import is_int
 from tokenprune.errors import LayoutError
 
 __all__ = ["Layout"]
@@ -138,7 +138,7 @@ class Layout:
             if (
                 not isinstance(shape, Sequence)
                 or len(shape) != 2
-                or not all(_is_int(s) and s >= 1 for s in shape)
+                or not all(is_int(s) and s >= 1 for s in shape)
             ):
                 raise LayoutError(
                     f"shapes[{i}]: expected (height, width), two ints >= 1, got {shape!r}"
@@ -303,21 +303,8 @@ def _validate(layout: Layout) -> None:
         raise LayoutError("positions: expected at most one token per (region, row, col) cell, got duplicates")
 
 
-def _is_int(value: object) -> bool:
-    """True for Python/NumPy/0-d tensor integers, False for bools and floats."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, Tensor):
-        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
 def _check_count(name: str, value: object, minimum: int) -> None:
-    if not _is_int(value) or int(value) < minimum:  # type: ignore[call-overload]
+    if not is_int(value) or int(value) < minimum:  # type: ignore[call-overload]
         raise LayoutError(f"{name}: expected an int >= {minimum}, got {value!r}")
 
 

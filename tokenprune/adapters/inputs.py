@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from tokenprune._values import is_int
 from tokenprune.errors import LayoutError, UnsupportedModelError
 from tokenprune.layout import Layout
 
@@ -96,7 +96,7 @@ def image_sizes_of(value: Any, family: str) -> list[tuple[int, int]]:
         if (
             not isinstance(row, Sequence)
             or len(row) != 2
-            or not all(_whole(x) and x >= 1 for x in row)
+            or not all(is_int(x) and x >= 1 for x in row)
         ):
             hint = " (for a single image, pass [(height, width)])" if not isinstance(row, Sequence) else ""
             raise LayoutError(
@@ -105,17 +105,6 @@ def image_sizes_of(value: Any, family: str) -> list[tuple[int, int]]:
             )
         sizes.append((int(row[0]), int(row[1])))
     return sizes
-
-
-def _whole(value: Any) -> bool:
-    """An integer (Python, NumPy or 0-d tensor), not a bool or a float."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
 
 
 def assign_images(
