@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model, LLaVA only, 3 repeats")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)"
+        "--repeats", type=int, default=None, help="timed rounds (default 5; quick 3)"
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"

@@ -17,6 +17,7 @@ from tokenprune.cues import Cues
 from tokenprune.errors import (
     CueError,
     LayoutError,
+    PictureError,
     PluginError,
     SpecError,
     TokenpruneError,
@@ -47,6 +48,7 @@ __all__ = [
     "Cues",
     "Layout",
     "LayoutError",
+    "PictureError",
     "PluginError",
     "Pruner",
     "Recipe",

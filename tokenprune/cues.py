@@ -11,10 +11,12 @@ from tokenprune._batch_index import sample_slice
 from tokenprune.errors import CueError
 from tokenprune.layout import Layout
 
-__all__ = ["CUE_NAMES", "Cues"]
+__all__ = ["ATTENTION_CUES", "CUE_NAMES", "Cues"]
 
 #: Cue names a strategy may list in its ``requires``.
 CUE_NAMES = ("attention", "keys", "hidden", "text_attention", "self_attention")
+#: The cues taken from the attention of the layer before the pruning layer.
+ATTENTION_CUES = frozenset({"attention", "text_attention", "self_attention"})
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from tokenprune.cues import ATTENTION_CUES
 from tokenprune.errors import SpecError
 from tokenprune.layout import Layout
 from tokenprune.registry import get_registry
-from tokenprune.selection import Keep, Selection
+from tokenprune.selection import Keep, Selection, resolve_keep
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -54,6 +55,7 @@ NOTICE = (
 )
 
 IMAGE_SIZE, PATCH_SIZE = 336, 14
+VISUAL_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 576
 #: CLIP's normalisation, as the LLaVA-1.5 image processor applies it.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -104,6 +106,19 @@ class DemoConfig:
         registry = get_registry()
         for name in self.recipes:
             registry.get("recipe", name)  # unknown names raise with close matches
+        # Checked here, not after the unpruned run: keep's value and range, and recipes
+        # whose attention cue needs a layer before the pruning layer.
+        visual = torch.ones(1, dtype=torch.long) * VISUAL_TOKENS
+        resolve_keep(self.keep, visual)
+        from tokenprune.pruner import pruner as build_pruner
+
+        for name in self.recipes:
+            needs = build_pruner(name, keep=self.keep).requires & ATTENTION_CUES
+            if needs and self.layer == 0:
+                raise SpecError(
+                    f"layer: recipe '{name}' needs the attention of the layer before the "
+                    "pruning layer, so expected layer >= 1, got 0"
+                )
 
 
 @dataclass
@@ -116,7 +131,8 @@ class Result:
         prefill_s: fastest wall time of the prefill (``generate`` of one token) over
             the timing rounds.
         kv_tokens: per text layer, the sequence length its KV cache holds after
-            ``generate`` (prompt tokens it kept plus generated tokens).
+            ``generate`` (prompt tokens it kept plus all generated tokens but the last,
+            which is never fed back).
         kv_bytes: per text layer, bytes of its keys and values.
         generated: the generated token ids.
         selection, layout: the last prefill's choice (None when unpruned).
@@ -201,7 +217,7 @@ def build_inputs(image: PILImage.Image, seed: int = 0) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     system = torch.randint(3, IMAGE_TOKEN_ID, (5,), generator=generator)
     question = torch.randint(3, IMAGE_TOKEN_ID, (10,), generator=generator)
-    image_tokens = torch.full(((IMAGE_SIZE // PATCH_SIZE) ** 2,), IMAGE_TOKEN_ID)
+    image_tokens = torch.full((VISUAL_TOKENS,), IMAGE_TOKEN_ID)
     input_ids = torch.cat([torch.tensor([BOS_ID]), system, image_tokens, question]).unsqueeze(0)
     return {
         "input_ids": input_ids,

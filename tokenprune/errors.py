@@ -1,11 +1,13 @@
-"""Exceptions raised by tokenprune. All derive from `TokenpruneError` (a `ValueError`),
-and every message names the argument, what was expected and what was received."""
+"""Exceptions raised by tokenprune for bad input. All derive from `TokenpruneError` (a
+`ValueError`), and every message names the argument, what was expected and what was
+received. (Indexing a batch by sample raises Python's own `IndexError` / `TypeError`.)"""
 
 from __future__ import annotations
 
 __all__ = [
     "CueError",
     "LayoutError",
+    "PictureError",
     "PluginError",
     "SpecError",
     "TokenpruneError",
@@ -31,6 +33,11 @@ class SpecError(TokenpruneError):
 
 class PluginError(TokenpruneError):
     """Plugins clash (two provide the same name) or return malformed registrations."""
+
+
+class PictureError(TokenpruneError):
+    """A picture or file argument of `tokenprune.viz` is invalid (not a tensor, an image
+    or a positive size)."""
 
 
 class UnsupportedModelError(TokenpruneError):

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.cues import CUE_NAMES, Cues
-from tokenprune.errors import CueError, LayoutError, TokenpruneError
+from tokenprune.errors import CueError, LayoutError, PictureError, TokenpruneError
 from tokenprune.layout import Layout
 from tokenprune.selection import Selection
 
@@ -127,15 +127,24 @@ def _regions(layout: Layout, sample: int, values: Tensor) -> list[_Region]:
     positions = layout.positions[sample].tolist()
     valid = layout.valid[sample].tolist()
     vals = values.tolist()
-    last: tuple[int, int] | None = None  # (region, row) of the last placed token
+    # A place-less token right after the last cell of a row may be that row's separator
+    # (LLaVA-NeXT's image_newline). It is drawn as one only where every row of the
+    # region has one; other place-less tokens (a CLS) are not drawn.
+    after_row_end: dict[int, dict[int, float]] = {}
+    previous: tuple[int, int, int] | None = None  # (region, row, col) of the last valid token
     for g, (y, x), ok, v in zip(regions, positions, valid, vals):
         if not ok:
             continue
         if g >= 0:
             out[g].cells[int(y)][int(x)] = v
-            last = (g, int(y))
-        elif last is not None and out[last[0]].separators[last[1]] is None:
-            out[last[0]].separators[last[1]] = v
+            previous = (g, int(y), int(x))
+            continue
+        if previous is not None and previous[2] == out[previous[0]].width - 1:
+            after_row_end.setdefault(previous[0], {}).setdefault(previous[1], v)
+        previous = None
+    for g, rows in after_row_end.items():
+        if len(rows) == out[g].height:
+            out[g].separators = [rows[y] for y in range(out[g].height)]
     return [r for r in out if r.height > 0 and r.width > 0]
 
 
@@ -183,17 +192,24 @@ def _images_of(image: PILImage.Image | Sequence[PILImage.Image] | None) -> list[
     if image is None:
         return []
     Image, _, _ = _pil()
+    if isinstance(image, (str, bytes, Path)):
+        raise PictureError(
+            f"image: expected a PIL.Image.Image or a sequence of them, got the path {str(image)!r} "
+            "(open it with PIL.Image.open first)"
+        )
+    if not isinstance(image, (Image.Image, Sequence)):
+        raise PictureError(f"image: expected a PIL.Image.Image or a sequence of them, got {type(image).__name__}")
     images = [image] if isinstance(image, Image.Image) else list(image)
     for i, im in enumerate(images):
         if not isinstance(im, Image.Image):
-            raise TypeError(f"image[{i}]: expected a PIL.Image.Image, got {type(im).__name__}")
+            raise PictureError(f"image[{i}]: expected a PIL.Image.Image, got {type(im).__name__}")
     return [im.convert("RGB") for im in images]
 
 
 def _cell_size(panels: list[_Panel], cell: int | None) -> int:
     if cell is not None:
         if isinstance(cell, bool) or not isinstance(cell, int) or cell < 1:
-            raise ValueError(f"cell: expected an int >= 1 (pixels per cell) or None, got {cell!r}")
+            raise PictureError(f"cell: expected an int >= 1 (pixels per cell) or None, got {cell!r}")
         return cell
     largest = max((max(p.rows, p.cols) for p in panels), default=1)
     return max(3, min(16, 336 // largest))
@@ -329,7 +345,7 @@ def _colourbar(vmin: float, vmax: float, width: int) -> PILImage.Image:
 
 def _batch_row(name: str, tensor: Tensor, layout: Layout, sample: int) -> Tensor:
     if not isinstance(tensor, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        raise PictureError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
     if tuple(tensor.shape) != (layout.batch_size, layout.num_tokens):
         raise LayoutError(
             f"{name}: expected shape (B, N) = ({layout.batch_size}, {layout.num_tokens}) to "
@@ -366,7 +382,7 @@ def draw_selection(
     """
     _check_sample(layout, sample)
     if not isinstance(selection, Selection):
-        raise TypeError(f"selection: expected a tokenprune.Selection, got {type(selection).__name__}")
+        raise PictureError(f"selection: expected a tokenprune.Selection, got {type(selection).__name__}")
     kept = _batch_row("selection.mask", selection.mask, layout, sample)
     kept = torch.where(layout.valid[sample].cpu(), kept, torch.full_like(kept, math.nan))
     return _render(layout, kept, _paint_selection, image, sample, cell, separators, title, cell_borders=True)
@@ -427,9 +443,9 @@ def tile_pictures(
     (no caption row when every caption is empty)."""
     Image, ImageDraw, _ = _pil()
     if not pictures:
-        raise ValueError("pictures: expected at least one (caption, picture) pair, got none")
+        raise PictureError("pictures: expected at least one (caption, picture) pair, got none")
     if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns: expected an int >= 1, got {columns!r}")
+        raise PictureError(f"columns: expected an int >= 1, got {columns!r}")
     caption_row = _LABEL if any(caption for caption, _ in pictures) else 0
     w = max(p.width for _, p in pictures)
     h = max(p.height for _, p in pictures) + caption_row
@@ -449,7 +465,7 @@ def synthetic_image(height: int = 336, width: int = 336, seed: int = 0) -> PILIm
     pictures of selections have something recognisable under the grid."""
     Image, ImageDraw, _ = _pil()
     if min(height, width) < 16:
-        raise ValueError(f"height, width: expected both >= 16 px, got {height}, {width}")
+        raise PictureError(f"height, width: expected both >= 16 px, got {height}, {width}")
     rng = random.Random(seed)
     im = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(im)
@@ -505,7 +521,7 @@ def save_cues(path: str | Path, cues: Cues) -> Path:
         value = getattr(cues.layout, name)
         if value is not None:
             tensors[name] = value
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tensors = {k: _own_storage(v) for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".pt":
         torch.save(tensors, path)
@@ -514,6 +530,12 @@ def save_cues(path: str | Path, cues: Cues) -> Path:
 
         save_file(tensors, str(path))
     return path
+
+
+def _own_storage(tensor: Tensor) -> Tensor:
+    """A CPU copy with storage of its own: ``torch.save`` of a view (``cues[3]``) would
+    write the whole batch's storage, and safetensors refuses tensors that share memory."""
+    return tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
@@ -597,12 +619,12 @@ def save_selection(path: str | Path, selection: Selection) -> Path:
     ``.json`` (per sample: kept ``indices`` without padding, and ``scores`` with
     non-finite values as null)."""
     if not isinstance(selection, Selection):
-        raise TypeError(f"selection: expected a tokenprune.Selection, got {type(selection).__name__}")
+        raise PictureError(f"selection: expected a tokenprune.Selection, got {type(selection).__name__}")
     path = Path(path)
     suffix = _suffix(path, (".pt", ".json"), "selection file")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".pt":
-        torch.save({"indices": selection.indices, "mask": selection.mask, "scores": selection.scores}, path)
+        torch.save({name: _own_storage(getattr(selection, name)) for name in ("indices", "mask", "scores")}, path)
         return path
     samples = []
     for indices, scores in zip(selection.indices.tolist(), selection.scores.tolist()):

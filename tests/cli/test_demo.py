@@ -66,3 +66,8 @@ def test_demo_config_checks_its_arguments():
         demo.DemoConfig(layer=4, text_layers=4)
     with pytest.raises(demo.SpecError, match="hidden"):
         demo.DemoConfig(hidden=60)
+    with pytest.raises(demo.SpecError, match="keep: expected at most the number of valid candidates, got keep=1000"):
+        demo.DemoConfig(keep=1000)
+    with pytest.raises(demo.SpecError, match="layer: recipe 'fastv' needs the attention .* expected layer >= 1, got 0"):
+        demo.DemoConfig(layer=0)
+    assert demo.DemoConfig(layer=0, recipes=("last", "random")).layer == 0  # cue-free recipes may prune at 0

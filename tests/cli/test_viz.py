@@ -58,6 +58,23 @@ def test_separators_form_a_column_right_of_their_region():
     assert with_sep.getpixel((column, CELL + CELL // 2)) == viz.DROPPED
 
 
+def test_place_less_tokens_that_do_not_end_every_row_are_not_separators():
+    # LLaVA with vision_feature_select_strategy="full": a CLS without a place before each
+    # image's grid. Image 1's CLS follows the last cell of image 0 but is no separator.
+    from tokenprune.adapters.builder import FULL_IMAGE, SampleBuilder
+
+    sample = SampleBuilder()
+    for image in range(2):
+        sample.unplaced(1)
+        sample.region(3, 3, image=image, box=FULL_IMAGE)
+    layout = sample.build()
+    mask = torch.zeros(1, layout.num_tokens, dtype=torch.bool)
+    mask[0, 10] = True  # image 1's CLS
+    with_sep = viz.draw_selection(layout, _selection(mask), cell=CELL)
+    without = viz.draw_selection(layout, _selection(mask), cell=CELL, separators=False)
+    assert with_sep.size == without.size
+
+
 def test_tiles_with_boxes_share_one_canvas_and_the_thumbnail_stands_alone():
     # InternVL-like: a 1 x 2 canvas of 2 x 2 tiles, then a thumbnail over the whole image.
     layout = tokenprune.Layout.regions_of([(2, 2), (2, 2), (2, 2)])
@@ -109,7 +126,9 @@ def test_gaussian_map_picture_is_brightest_in_the_centre():
     ("kwargs", "error", "needle"),
     [
         ({"sample": 2}, tokenprune.LayoutError, "sample"),
-        ({"cell": 0}, ValueError, "cell"),
+        ({"cell": 0}, tokenprune.PictureError, "cell: expected an int >= 1"),
+        ({"image": "photo.png"}, tokenprune.PictureError, "image: .* got the path 'photo.png'"),
+        ({"image": [3]}, tokenprune.PictureError, r"image\[0\]: expected a PIL.Image.Image, got int"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, error, needle):
@@ -167,3 +186,27 @@ def test_tile_pictures_puts_captions_above():
     assert sheet.size == (2 * 48 + viz._GAP, 32 + viz._LABEL)
     bare = viz.tile_pictures([("", viz.synthetic_image(32, 32))] * 3, 2)
     assert bare.size == (2 * 32 + viz._GAP, 2 * 32 + viz._GAP)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_saving_one_sample_of_a_batch_writes_that_sample_only(tmp_path, suffix):
+    layout = tokenprune.Layout.grid(8, 8, batch=8)
+    cues = tokenprune.Cues(layout, attention=torch.rand(8, 64), keys=torch.randn(8, 64, 256))
+    one = viz.save_cues(tmp_path / f"one{suffix}", cues[3])
+    all_eight = viz.save_cues(tmp_path / f"all{suffix}", cues)
+    assert one.stat().st_size < all_eight.stat().st_size / 4  # not the batch's storage
+    loaded = viz.load_cues(one)
+    assert torch.equal(loaded.keys, cues.keys[3:4])
+    selection = tokenprune.pruner("fastv", keep=5)(cues)
+    single = viz.save_selection(tmp_path / "sel.pt", selection[3])
+    whole = viz.save_selection(tmp_path / "sel_all.pt", selection)
+    assert single.stat().st_size < whole.stat().st_size
+
+
+def test_cues_that_share_memory_save_to_safetensors(tmp_path):
+    layout = tokenprune.Layout.grid(4, 4)
+    both = torch.rand(2, 1, 16)
+    attention, text_attention = both  # views of one storage
+    cues = tokenprune.Cues(layout, attention=attention, text_attention=text_attention)
+    loaded = viz.load_cues(viz.save_cues(tmp_path / "shared.safetensors", cues))
+    assert torch.equal(loaded.attention, attention) and torch.equal(loaded.text_attention, text_attention)

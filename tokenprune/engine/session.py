@@ -35,7 +35,7 @@ from transformers.masking_utils import create_causal_mask
 
 from tokenprune import adapters
 from tokenprune.adapters.inputs import input_ids_of
-from tokenprune.cues import CUE_NAMES, Cues
+from tokenprune.cues import ATTENTION_CUES, CUE_NAMES, Cues
 from tokenprune.engine.anatomy import TextStack, text_stack
 from tokenprune.engine.attention import last_query_attention, mean_query_attention
 from tokenprune.engine.compact import Compaction, compaction, scatter_candidates
@@ -49,8 +49,6 @@ from tokenprune.selection import Keep, Selection
 
 __all__ = ["PruneBlock", "PruneRun", "PrunedSample", "prune"]
 
-#: Cues computed from layer K-1's queries and keys.
-_ATTENTION_CUES = frozenset({"attention", "text_attention", "self_attention"})
 #: Models currently inside a `prune` block (hooks must not stack).
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -163,7 +161,7 @@ class PruneRun:
     def _open(self) -> None:
         stack, k = self._stack, self.layer
         self._images.open()
-        if self.pruner.requires & _ATTENTION_CUES:
+        if self.pruner.requires & ATTENTION_CUES:
             self._tap = AttentionTap(self.model, stack, self._on_attention)
             self._tap.open()
         self._handles.append(
@@ -325,7 +323,7 @@ class PruneRun:
 
     def _cues(self, hidden: Tensor, step: _Prefill) -> Cues:
         requires = self.pruner.requires
-        missing = sorted((requires & _ATTENTION_CUES) - step.cues.keys())
+        missing = sorted((requires & ATTENTION_CUES) - step.cues.keys())
         if missing:
             raise CueError(
                 f"{missing[0]}: expected layer {self.layer - 1}'s attention to be captured, but "
@@ -335,7 +333,7 @@ class PruneRun:
             )
         cues: dict[str, Tensor] = {}
         index = step.positions.clamp(min=0)
-        for name in sorted(requires & _ATTENTION_CUES):
+        for name in sorted(requires & ATTENTION_CUES):
             cues[name] = step.cues[name].gather(1, index).masked_fill(step.positions < 0, 0.0)
         if requires & {"keys", "hidden"}:
             candidates = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
@@ -459,7 +457,7 @@ def _check(run: PruneRun) -> None:
             f"{unknown[0]}: pruner {run.pruner.spec!r} needs cue(s) {unknown} that the engine "
             f"cannot capture; it captures {', '.join(CUE_NAMES)}"
         )
-    attention = sorted(requires & _ATTENTION_CUES)
+    attention = sorted(requires & ATTENTION_CUES)
     if attention and k == 0:
         raise CueError(
             f"{attention[0]}: pruner {run.pruner.spec!r} needs attention of the layer before "
