@@ -26,6 +26,7 @@ from torch import Tensor
 from tokenprune.cues import ATTENTION_CUES
 from tokenprune.errors import SpecError
 from tokenprune.layout import Layout
+from tokenprune.pruner import pruner as build_pruner
 from tokenprune.registry import get_registry
 from tokenprune.selection import Keep, Selection, resolve_keep
 
@@ -108,10 +109,7 @@ class DemoConfig:
             registry.get("recipe", name)  # unknown names raise with close matches
         # Checked here, not after the unpruned run: keep's value and range, and recipes
         # whose attention cue needs a layer before the pruning layer.
-        visual = torch.ones(1, dtype=torch.long) * VISUAL_TOKENS
-        resolve_keep(self.keep, visual)
-        from tokenprune.pruner import pruner as build_pruner
-
+        resolve_keep(self.keep, torch.tensor([VISUAL_TOKENS]))
         for name in self.recipes:
             needs = build_pruner(name, keep=self.keep).requires & ATTENTION_CUES
             if needs and self.layer == 0:

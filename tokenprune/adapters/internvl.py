@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tokenprune._values import is_int
 from tokenprune.adapters.builder import FULL_IMAGE, SampleBuilder
 from tokenprune.adapters.inputs import (
     assign_images,
@@ -159,11 +160,12 @@ def _on_canvas(
     high = inputs.get("max_patches", MAX_PATCHES)
     low = MIN_PATCHES if low is None else low
     high = MAX_PATCHES if high is None else high
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (low, high)) or not 1 <= low <= high:
+    if not (is_int(low) and is_int(high) and 1 <= low <= high):
         raise LayoutError(
             f"min_patches, max_patches: expected ints with 1 <= min_patches <= max_patches, "
             f"got {low!r}, {high!r}"
         )
+    low, high = int(low), int(high)
     sizes = image_sizes_of(inputs["image_sizes"], "InternVL")
     # The processor tiles only when it may use more than one tile.
     grids = {s: canvas(s, tile, low, high) if high > 1 else (1, 1) for s in set(sizes)}

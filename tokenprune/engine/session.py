@@ -444,8 +444,9 @@ def _resolve(spec: str | Pruner, keep: Keep | None) -> Pruner:
     return build_pruner(spec, keep=keep)
 
 
-def _check(run: PruneRun) -> None:
-    stack, k, requires = run._stack, run.layer, run.pruner.requires
+def _check(stack: TextStack, pruner: Pruner, k: int) -> None:
+    """Refuse a ``layer`` / pruner pair this language model cannot run."""
+    requires = pruner.requires
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < stack.num_layers:
         raise SpecError(
             f"layer: expected an int in [0, {stack.num_layers - 1}] (the first of the "
@@ -454,20 +455,20 @@ def _check(run: PruneRun) -> None:
     unknown = sorted(requires - set(CUE_NAMES))
     if unknown:
         raise CueError(
-            f"{unknown[0]}: pruner {run.pruner.spec!r} needs cue(s) {unknown} that the engine "
+            f"{unknown[0]}: pruner {pruner.spec!r} needs cue(s) {unknown} that the engine "
             f"cannot capture; it captures {', '.join(CUE_NAMES)}"
         )
     attention = sorted(requires & ATTENTION_CUES)
     if attention and k == 0:
         raise CueError(
-            f"{attention[0]}: pruner {run.pruner.spec!r} needs attention of the layer before "
+            f"{attention[0]}: pruner {pruner.spec!r} needs attention of the layer before "
             f"the pruning layer, but layer=0 has none; use layer >= 1"
         )
     if "keys" in requires and not isinstance(
         getattr(stack.attention(k), "k_proj", None), nn.Module
     ):
         raise CueError(
-            f"keys: pruner {run.pruner.spec!r} needs the keys of layer {k}, but its attention "
+            f"keys: pruner {pruner.spec!r} needs the keys of layer {k}, but its attention "
             f"{type(stack.attention(k)).__name__} has no `k_proj` projection"
         )
 
@@ -526,7 +527,7 @@ class PruneBlock:
         self, model: nn.Module, pruner: Pruner, layer: int, generator: torch.Generator | None
     ) -> None:
         adapters.adapter_for(model)
-        _check(PruneRun(model, pruner, layer, generator))
+        _check(text_stack(model), pruner, layer)
         self.model, self.pruner, self.layer, self.generator = model, pruner, layer, generator
         self._run: PruneRun | None = None
 
