@@ -2,10 +2,12 @@
 
 Built-in strategies, recipes and adapters register through these same hooks. A
 third-party plugin is a module with ``@tokenprune.hookimpl`` functions, exposed as a
-setuptools entry point of group ``tokenprune``::
+setuptools entry point of group ``tokenprune`` (in its ``pyproject.toml``):
 
-    [project.entry-points.tokenprune]
-    my_plugin = "my_package.plugin"
+```toml
+[project.entry-points.tokenprune]
+my_plugin = "my_package.plugin"
+```
 
 After ``pip install``, its names work in spec strings and in `tokenprune.available()`.
 """
@@ -24,6 +26,9 @@ __all__ = ["PROJECT", "hookimpl", "hookspec"]
 PROJECT = "tokenprune"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Decorator for a plugin's hook functions (``@tokenprune.hookimpl``), pluggy's
+``HookimplMarker`` for the project ``tokenprune``: it accepts pluggy's options
+(``tryfirst``, ``trylast``, ``wrapper``)."""
 
 
 @hookspec

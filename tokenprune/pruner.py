@@ -170,7 +170,7 @@ def pruner(
             ``pruner("adaptprune", keep=0.1, radius=3)``. Each must match exactly one stage.
 
     Returns:
-        a callable ``Pruner``: ``pruner(cues) -> Selection``.
+        A callable ``Pruner`` (``pruner(cues) -> Selection``).
     """
     if isinstance(spec, Pruner):
         if overrides:

@@ -61,8 +61,8 @@ def layout(model: Any, **model_inputs: Any) -> Layout:
             images, ``min_patches``, ``max_patches``); unused keys are ignored.
 
     Returns:
-        A `Layout` with N = the most visual tokens in a sample: sample ``b``'s visual
-        tokens in ``input_ids`` order, padded with ``valid=False``; N = 0 without any.
+        A `Layout` with N = the most visual tokens in a sample (sample ``b``'s visual
+        tokens in ``input_ids`` order, padded with ``valid=False``; N = 0 without any).
     """
     return adapter_for(model).layout(model, **model_inputs)
 

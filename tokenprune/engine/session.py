@@ -482,9 +482,11 @@ def prune(
 ) -> PruneBlock:
     """Prune visual tokens inside ``model``'s prefill for the duration of a ``with`` block.
 
-        >>> with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2) as run:  # doctest: +SKIP
-        ...     out = model.generate(**inputs, max_new_tokens=32)
-        >>> run.selections[0].kept_positions  # doctest: +SKIP
+    ```python
+    with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2) as run:
+        out = model.generate(**inputs, max_new_tokens=32)
+    run.selections[0].kept_positions    # input_ids indices of the kept tokens
+    ```
 
     Layers ``0..layer-1`` see every token; from ``layer`` on (and in their KV cache) each
     sample holds its text tokens and the visual tokens the pruner kept, at their original
@@ -512,7 +514,7 @@ def prune(
         CueError: the pruner needs a cue this model / layer cannot give.
         UnsupportedModelError: no adapter for the model, or a language model the engine
             cannot hook.
-        TokenpruneError (inside the block): a static cache, ``labels``, or a cache pruned
+        TokenpruneError: inside the block, a static cache, ``labels``, or a cache pruned
             at another layer.
     """
     return PruneBlock(model, _resolve(pruner, keep), layer, generator)
