@@ -40,6 +40,7 @@ __all__ = [
     "Result",
     "build_inputs",
     "build_model",
+    "build_processor",
     "format_table",
     "pixel_values_of",
     "run",
@@ -196,6 +197,60 @@ def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
     )
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config).eval()
+
+
+#: LLaVA-1.5's conversation format: ``USER: <image>\n{question} ASSISTANT:``.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def build_processor() -> Any:
+    """A `LlavaProcessor` for `build_model`'s model, built offline: LLaVA-1.5's image
+    processing (CLIP, 336 px), its chat format, and a byte-level tokenizer whose ids fit
+    the model's vocabulary (bytes at 3..258, ``<image>`` at 1023). It stands in for
+    ``AutoProcessor.from_pretrained("llava-hf/llava-1.5-7b-hf")`` where nothing can be
+    downloaded; the generated text of a random-weight model is random bytes.
+    """
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlavaProcessor, PreTrainedTokenizerFast
+
+    specials = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, "<image>": IMAGE_TOKEN_ID}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {**specials, **{char: 3 + i for i, char in enumerate(alphabet)}}
+    # The other ids decode to pairs of letters, commas and spaces ("Ġ" is a byte-level space),
+    # so that a random model's output reads as (meaningless) text, not as nothing.
+    letters = [*"abcdefghijklmnopqrstuvwxyz,", "Ġ"]
+    pairs = [(a, b) for a in letters for b in letters][: IMAGE_TOKEN_ID - len(vocab) + 1]
+    vocab.update({a + b: len(vocab) - 1 + i for i, (a, b) in enumerate(pairs)})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    # Without torchvision, transformers' default CLIP image processor falls back to the
+    # PIL one with a warning; ask for the PIL one directly where this version has it.
+    try:
+        images = transformers.CLIPImageProcessorPil
+    except AttributeError:
+        images = transformers.CLIPImageProcessor
+    return LlavaProcessor(
+        image_processor=images(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
+        ),
+        tokenizer=fast,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def pixel_values_of(image: PILImage.Image) -> Tensor:
