@@ -1,6 +1,9 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s bench``."""
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s browser``,
+``nox -s bench``."""
 
 from __future__ import annotations
+
+import shutil
 
 import nox
 
@@ -39,6 +42,20 @@ def docs(session: nox.Session) -> None:
     _install(session, "hf,docs")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
     session.run("mkdocs", "build", "--strict")
+
+
+@nox.session(python="3.11")
+def browser(session: nox.Session) -> None:
+    """The built docs site in headless Chromium at 1280 px (tests/docs/test_browser.py).
+
+    Needs Debian's Chromium and ChromeDriver: ``apt-get install -y chromium chromium-driver``.
+    """
+    for program in ("chromium", "chromedriver"):
+        if shutil.which(program) is None:
+            session.error(f"{program} not found: apt-get install -y chromium chromium-driver")
+    _install(session, "test")
+    session.install("selenium>=4.10")
+    session.run("python", "-m", "pytest", "-q", "-m", "browser", "tests/docs/test_browser.py", *session.posargs)
 
 
 @nox.session(python="3.11")

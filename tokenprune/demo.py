@@ -410,8 +410,8 @@ def format_table(results: Sequence[Result], generated: int = 6) -> str:
     with the first row, from the start) are relative to the first (unpruned) row."""
     base = results[0]
     header = (
-        "recipe", "visual kept", "prefill ms", "speedup", "KV tokens per layer",
-        "KV KiB per layer", "same ids", f"first {generated} generated ids",
+        "recipe", "visual kept", "prefill ms", "speedup", "KV tokens/layer",
+        "KV KiB/layer", "same ids", f"first {generated} ids",
     )
     rows = [header]
     for r in results:
