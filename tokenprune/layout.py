@@ -38,6 +38,20 @@ class Layout:
 
     Build one with `Layout.grid`, `Layout.regions_of`, `Layout.stack`, or directly
     from tensors (validated on construction; invalid layouts raise `LayoutError`).
+
+    Attributes:
+        positions: ``(B, N, 2)`` float, (row, col) of each token in cells of its region;
+            NaN for a token with no place (LLaVA-NeXT's row separators).
+        regions: ``(B, N)`` long, the region (image, tile, base or high-resolution
+            grid) of each token; -1 for a token with no place.
+        region_shapes: ``(B, R, 2)`` long, (height, width) of each region in cells;
+            (0, 0) for unused region slots of ragged batches.
+        valid: ``(B, N)`` bool, False for padding in ragged batches.
+        region_boxes: ``(B, R, 4)`` float or None, (top, left, bottom, right) of each
+            region on its image as fractions of the image's height and width; NaN where
+            unknown. Used by pictures and canvas-level strategies.
+        region_images: ``(B, R)`` long or None, which image of the sample each region
+            belongs to; -1 for unused slots.
     """
 
     positions: Tensor

@@ -68,7 +68,9 @@ BACKGROUND = (255, 255, 255)
 #: Anchors of a perceptually ordered colour map (viridis' ends and three stops between).
 _COLORMAP = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 _GAP = 10
-_LABEL = 18
+_LABEL = 22
+#: Text size of titles, labels and legends, in pixels.
+_TEXT = 15
 _SEPARATOR_GAP = 2
 
 
@@ -188,6 +190,15 @@ def _pil():
     return Image, ImageDraw, ImageFont
 
 
+def _font():
+    """Pillow's built-in font at a readable size (a scalable one where Pillow has FreeType)."""
+    _, _, ImageFont = _pil()
+    try:
+        return ImageFont.load_default(size=_TEXT)
+    except (TypeError, ImportError, OSError):  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
 def _images_of(image: PILImage.Image | Sequence[PILImage.Image] | None) -> list[PILImage.Image]:
     if image is None:
         return []
@@ -271,11 +282,11 @@ def _render(
     canvas = Image.new("RGB", (max(width, 1), max(height, 1)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((0, 2), title, fill=INK)
+        draw.text((0, 2), title, fill=INK, font=_font())
     x = 0
     for panel, (w, _h) in zip(panels, sizes):
         if label:
-            draw.text((x, top + 2), panel.label, fill=INK)
+            draw.text((x, top + 2), panel.label, fill=INK, font=_font())
         y = top + label
         underlay = None
         if panel.image is not None and panel.image < len(images):
@@ -332,15 +343,52 @@ def _colormap(t: float) -> tuple[int, int, int]:
 
 def _colourbar(vmin: float, vmax: float, width: int) -> PILImage.Image:
     Image, ImageDraw, _ = _pil()
-    width = max(width, 160)
-    bar = Image.new("RGB", (width, 24), BACKGROUND)
+    width = max(width, 200)
+    bar = Image.new("RGB", (width, 32), BACKGROUND)
     draw = ImageDraw.Draw(bar)
     for px in range(width):
-        draw.line((px, 0, px, 8), fill=_colormap(px / max(width - 1, 1)))
-    draw.text((0, 11), f"{vmin:.4g}", fill=INK)
-    label = f"{vmax:.4g}"
-    draw.text((width - 6 * len(label), 11), label, fill=INK)
+        draw.line((px, 0, px, 10), fill=_colormap(px / max(width - 1, 1)))
+    font = _font()
+    draw.text((0, 13), f"{vmin:.4g}", fill=INK, font=font)
+    draw.text((width, 13), f"{vmax:.4g}", fill=INK, font=font, anchor="ra")
     return bar
+
+
+def _legend(over_image: bool, bare: bool, width: int) -> PILImage.Image:
+    """What the colours of a selection picture mean: swatches with their words, in rows
+    that fit ``width`` (cells over the image, and ``bare`` cells drawn without one)."""
+    Image, ImageDraw, _ = _pil()
+    font = _font()
+    items = []
+    if over_image:
+        # A kept cell shows the image as it is; a dropped one is the same pixels darkened
+        # (75% of (40, 40, 40) over them, as `_paint_selection` paints).
+        sample = (150, 190, 235)
+        dark = tuple(round(0.25 * v + 0.75 * 40) for v in sample)
+        items += [(sample, "kept (image shown)"), (dark, "dropped (darkened)")]
+    if bare or not over_image:
+        suffix = " (no image)" if over_image else ""
+        items += [(KEPT, "kept" + suffix), (DROPPED, "dropped" + suffix)]
+    spans = [21 + round(font.getlength(words)) for _, words in items]
+    width = max(width, *spans)
+    rows: list[list[int]] = [[]]
+    x = 0
+    for i, span in enumerate(spans):
+        if rows[-1] and x + span > width:
+            rows.append([])
+            x = 0
+        rows[-1].append(i)
+        x += span + 18
+    strip = Image.new("RGB", (width, 24 * len(rows)), BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    for r, row in enumerate(rows):
+        x, y = 0, 24 * r
+        for i in row:
+            colour, words = items[i]
+            draw.rectangle((x, y + 4, x + 15, y + 19), fill=colour, outline=(120, 120, 120))
+            draw.text((x + 21, y + 3), words, fill=INK, font=font)
+            x += spans[i] + 18
+    return strip
 
 
 def _batch_row(name: str, tensor: Tensor, layout: Layout, sample: int) -> Tensor:
@@ -363,8 +411,11 @@ def draw_selection(
     cell: int | None = None,
     separators: bool = True,
     title: str | None = None,
+    legend: bool = True,
 ) -> PILImage.Image:
-    """Picture of the tokens ``selection`` keeps in sample ``sample`` of ``layout``.
+    """Picture of the tokens ``selection`` keeps in sample ``sample`` of ``layout``, with a
+    legend underneath (kept cells show the image, dropped cells are darkened; without an
+    image, kept cells are orange and dropped cells grey).
 
     Args:
         layout: B samples of N candidate tokens.
@@ -376,6 +427,7 @@ def draw_selection(
         separators: draw tokens without a place (LLaVA-NeXT's row separators) as a
             column right of their region.
         title: a line of text above the panels.
+        legend: draw the legend under the panels.
 
     Returns:
         an RGB ``PIL.Image.Image``.
@@ -385,7 +437,20 @@ def draw_selection(
         raise PictureError(f"selection: expected a tokenprune.Selection, got {type(selection).__name__}")
     kept = _batch_row("selection.mask", selection.mask, layout, sample)
     kept = torch.where(layout.valid[sample].cpu(), kept, torch.full_like(kept, math.nan))
-    return _render(layout, kept, _paint_selection, image, sample, cell, separators, title, cell_borders=True)
+    images = _images_of(image)
+    panels = _panels(_regions(layout, sample, kept))
+    # Cells drawn without the image under them: separators, and regions of no known image.
+    bare = any(
+        (separators and _has_separators(p)) or p.image is None or p.image >= len(images) for p in panels
+    )
+
+    def footer(width: int) -> PILImage.Image:
+        return _legend(bool(images), bare, width)
+
+    return _render(
+        layout, kept, _paint_selection, image, sample, cell, separators, title,
+        footer=footer if legend else None, cell_borders=True,
+    )
 
 
 def draw_values(
@@ -455,7 +520,7 @@ def tile_pictures(
     draw = ImageDraw.Draw(sheet)
     for i, (caption, picture) in enumerate(pictures):
         x, y = (i % cols) * (w + _GAP), (i // cols) * (h + _GAP)
-        draw.text((x, y + 2), caption, fill=INK)
+        draw.text((x, y + 2), caption, fill=INK, font=_font())
         sheet.paste(picture, (x, y + caption_row))
     return sheet
 

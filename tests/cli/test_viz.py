@@ -31,7 +31,7 @@ def test_kept_and_dropped_cells_have_their_colours():
     layout = tokenprune.Layout.grid(3, 4)
     mask = torch.zeros(1, 12, dtype=torch.bool)
     mask[0, [0, 5, 11]] = True
-    picture = viz.draw_selection(layout, _selection(mask), cell=CELL)
+    picture = viz.draw_selection(layout, _selection(mask), cell=CELL, legend=False)
     assert picture.size == (4 * CELL, 3 * CELL)  # one panel: no label
     for index in range(12):
         row, col = divmod(index, 4)
@@ -42,7 +42,7 @@ def test_kept_and_dropped_cells_have_their_colours():
 def test_picks_the_requested_sample_and_leaves_padding_empty():
     layout = tokenprune.Layout.stack([tokenprune.Layout.grid(2, 2), tokenprune.Layout.grid(1, 3)])
     mask = torch.tensor([[True, False, False, False], [False, False, True, False]])
-    picture = viz.draw_selection(layout, _selection(mask), sample=1, cell=CELL)
+    picture = viz.draw_selection(layout, _selection(mask), sample=1, cell=CELL, legend=False)
     assert picture.size == (3 * CELL, CELL)
     assert [picture.getpixel(_centre(0, 0, c)) for c in range(3)] == [viz.DROPPED, viz.DROPPED, viz.KEPT]
 
@@ -50,8 +50,8 @@ def test_picks_the_requested_sample_and_leaves_padding_empty():
 def test_separators_form_a_column_right_of_their_region():
     layout = tokenprune.Layout.regions_of([(2, 3)], separators=True)  # 3 cells + separator per row
     mask = torch.tensor([[False, False, False, True, False, False, False, False]])
-    with_sep = viz.draw_selection(layout, _selection(mask), cell=CELL)
-    without = viz.draw_selection(layout, _selection(mask), cell=CELL, separators=False)
+    with_sep = viz.draw_selection(layout, _selection(mask), cell=CELL, legend=False)
+    without = viz.draw_selection(layout, _selection(mask), cell=CELL, separators=False, legend=False)
     assert with_sep.width == without.width + viz._SEPARATOR_GAP + CELL
     column = 3 * CELL + viz._SEPARATOR_GAP + CELL // 2
     assert with_sep.getpixel((column, CELL // 2)) == viz.KEPT      # row 0's separator
@@ -70,8 +70,8 @@ def test_place_less_tokens_that_do_not_end_every_row_are_not_separators():
     layout = sample.build()
     mask = torch.zeros(1, layout.num_tokens, dtype=torch.bool)
     mask[0, 10] = True  # image 1's CLS
-    with_sep = viz.draw_selection(layout, _selection(mask), cell=CELL)
-    without = viz.draw_selection(layout, _selection(mask), cell=CELL, separators=False)
+    with_sep = viz.draw_selection(layout, _selection(mask), cell=CELL, legend=False)
+    without = viz.draw_selection(layout, _selection(mask), cell=CELL, separators=False, legend=False)
     assert with_sep.size == without.size
 
 
@@ -85,13 +85,31 @@ def test_tiles_with_boxes_share_one_canvas_and_the_thumbnail_stands_alone():
     )
     mask = torch.zeros(1, 12, dtype=torch.bool)
     mask[0, 5] = True  # tile 1, row 0, col 1 -> canvas cell (0, 3)
-    picture = viz.draw_selection(layout, _selection(mask), cell=CELL)
+    picture = viz.draw_selection(layout, _selection(mask), cell=CELL, legend=False)
     assert picture.size == (4 * CELL + viz._GAP + 2 * CELL, viz._LABEL + 2 * CELL)
     assert picture.getpixel(_centre(0, 0, 3, labels=1)) == viz.KEPT
     assert picture.getpixel(_centre(0, 0, 1, labels=1)) == viz.DROPPED
     assert picture.getpixel(_centre(4 * CELL + viz._GAP, 0, 1, labels=1)) == viz.DROPPED
-    titled = viz.draw_selection(layout, _selection(mask), cell=CELL, title="tiles")
+    titled = viz.draw_selection(layout, _selection(mask), cell=CELL, title="tiles", legend=False)
     assert titled.getpixel(_centre(0, 0, 3, labels=2)) == viz.KEPT
+
+
+def test_the_legend_sits_under_the_panels_and_shows_the_cell_colours():
+    layout = tokenprune.Layout.grid(3, 4)
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, 0] = True
+    bare = viz.draw_selection(layout, _selection(mask), cell=CELL, legend=False)
+    plain = viz.draw_selection(layout, _selection(mask), cell=CELL)
+    assert plain.height > bare.height and plain.width >= bare.width
+    # A picture narrower than the legend gets one swatch per row, the last row at the
+    # bottom; a swatch's centre is 8 px from the left and 12 px below its row's top.
+    assert plain.getpixel((8, plain.height - 36)) == viz.KEPT
+    assert plain.getpixel((8, plain.height - 12)) == viz.DROPPED
+    # Over an image: the image's own colour for kept cells, a darker one for dropped.
+    over = viz.draw_selection(layout, _selection(mask), viz.synthetic_image(30, 40), cell=CELL)
+    kept, dropped = over.getpixel((8, over.height - 36)), over.getpixel((8, over.height - 12))
+    assert {kept, dropped}.isdisjoint({viz.KEPT, viz.DROPPED, viz.BACKGROUND})
+    assert sum(dropped) < sum(kept) / 2
 
 
 def test_image_shows_through_kept_cells_and_is_darkened_elsewhere():
