@@ -164,6 +164,17 @@ def test_no_markup_leftovers_in_rendered_text(site, marker):
         assert where < 0, f"{path}: {LEFTOVERS[marker]}: ...{text[max(0, where - 80):where + 40]!r}"
 
 
+#: How a library's docs do not speak: of its tracker's issue numbers or its own workshop.
+INTERNAL = re.compile(r"\bissue #\d+|\b(?:this|the) project's\b", re.I)
+
+
+def test_pages_speak_to_readers_not_of_the_project_s_own_work(site):
+    for path in pages(site):
+        text = content(path).text()
+        found = INTERNAL.search(text)
+        assert found is None, f"{path}: {text[max(0, found.start() - 80):found.end() + 40]!r}"
+
+
 def _text_outside(element: Element, tags: set[str]):
     for child in element.children:
         if isinstance(child, str):
