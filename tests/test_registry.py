@@ -136,7 +136,8 @@ def _plugin(result):
         ([tokenprune.Strategy("x", "score", None, "d")], "strategy 'x' needs a callable factory, got None"),
         ([tokenprune.Recipe("x", ["attention", "top_k"], "d")], "recipe 'x' needs a spec string"),
         ([tokenprune.Recipe("my-recipe", "attention | top_k", "d")], "expected entry names that are identifiers"),
-        ([object()], "expected Strategy or Recipe entries"),
+        ([object()], "expected Strategy or Recipe entries or stage classes"),
+        ([tokenprune.Score], "stage class Score needs a class attribute name"),
         (RuntimeError("boom"), "its tokenprune_strategies hook raised RuntimeError: boom"),
     ],
 )
@@ -185,3 +186,43 @@ def test_an_entry_point_that_fails_to_import_names_itself(monkeypatch):
     finally:
         monkeypatch.undo()
         registry.reload()
+
+
+class _Doubled(tokenprune.Transform):
+    """Double every score.
+
+    A second paragraph that the description leaves out.
+    """
+
+    name = "doubled"
+
+    def __call__(self, scores, cues):
+        return 2 * scores
+
+
+def test_a_stage_class_is_its_own_entry():
+    entry = tokenprune.Strategy.of(_Doubled)
+    assert (entry.name, entry.kind, entry.factory, entry.description) == (
+        "doubled", "transform", _Doubled, "Double every score."
+    )
+    tokenprune.register_plugin(_plugin([_Doubled]), name="doubled-plugin")
+    try:
+        assert get_registry().get("transform", "doubled").plugin == "doubled-plugin"
+        assert tokenprune.available("transform")["doubled"] == "Double every score."
+        cues = Cues(Layout.grid(2, 2), attention=torch.tensor([[0.1, 0.4, 0.2, 0.3]]))
+        assert tokenprune.pruner("attention | doubled | top_k", keep=1)(cues).indices.tolist() == [[1]]
+    finally:
+        tokenprune.unregister_plugin("doubled-plugin")
+
+
+def test_builtin_entries_come_from_their_classes():
+    from tokenprune.strategies import builtin, soft_nms
+
+    registry = get_registry()
+    for cls in tokenprune.stages_in(*builtin.MODULES):
+        entry = registry.get(cls.kind, cls.name)
+        assert entry.description == cls.description != ""
+        assert entry.factory in (cls, getattr(cls, "build", None))
+    # soft_nms takes its decay terms by name through its build classmethod.
+    assert registry.get("selector", "soft_nms").factory == soft_nms.SoftNMS.build
+    assert _Doubled not in tokenprune.stages_in(*builtin.MODULES)

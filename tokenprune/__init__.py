@@ -33,9 +33,11 @@ from tokenprune.registry import (
     available,
     register_plugin,
     reload,
+    stages_in,
     unregister_plugin,
 )
 from tokenprune.selection import Selection
+from tokenprune.strategies.base import Decay, DecayContext, Score, Selector, Stage, Transform
 
 if TYPE_CHECKING:
     from tokenprune.engine import prune
@@ -46,16 +48,22 @@ __all__ = [
     "Adapter",
     "CueError",
     "Cues",
+    "Decay",
+    "DecayContext",
     "Layout",
     "LayoutError",
     "PictureError",
     "PluginError",
     "Pruner",
     "Recipe",
+    "Score",
     "Selection",
+    "Selector",
     "SpecError",
+    "Stage",
     "Strategy",
     "TokenpruneError",
+    "Transform",
     "UnsupportedModelError",
     "available",
     "compile_enabled",
@@ -65,6 +73,7 @@ __all__ = [
     "register_plugin",
     "reload",
     "set_compile",
+    "stages_in",
     "unregister_plugin",
 ]
 

@@ -20,6 +20,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from tokenprune.registry import Adapter, Recipe, Strategy
+    from tokenprune.strategies.base import Stage
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -32,14 +33,15 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def tokenprune_strategies() -> list[Strategy | Recipe]:
+def tokenprune_strategies() -> list[Strategy | Recipe | type[Stage]]:
     """Called once when the registry is (re)built.
 
-    Return the strategies and recipes this plugin provides: `tokenprune.Strategy`
-    entries (kind ``"score"``, ``"transform"``, ``"selector"`` or ``"decay"``, each with
-    a factory that takes keyword arguments and returns the strategy object) and
-    `tokenprune.Recipe` entries (a named spec string). Names must be unique per kind
-    across all plugins; a clash raises `PluginError` naming both plugins.
+    Return the strategies and recipes this plugin provides: stage classes (subclasses
+    of `tokenprune.Score`, `Transform`, `Selector` or `Decay` with a ``name``; kind and
+    description come from the class, see `tokenprune.Stage`; `tokenprune.stages_in`
+    lists a module's), `tokenprune.Strategy` entries for factories that are not stage
+    classes, and `tokenprune.Recipe` entries (a named spec string). Names must be unique
+    per kind across all plugins; a clash raises `PluginError` naming both plugins.
     """
 
 

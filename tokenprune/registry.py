@@ -12,12 +12,14 @@ import importlib.metadata
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from types import ModuleType
 from typing import Any, Literal
 
 import pluggy
 
 from tokenprune import hookspecs
 from tokenprune.errors import PluginError, SpecError
+from tokenprune.strategies.base import Stage
 
 __all__ = [
     "KINDS",
@@ -29,6 +31,7 @@ __all__ = [
     "get_registry",
     "register_plugin",
     "reload",
+    "stages_in",
     "unregister_plugin",
 ]
 
@@ -40,13 +43,37 @@ KINDS = ("recipe", "score", "transform", "selector", "decay", "adapter")
 
 @dataclass(frozen=True)
 class Strategy:
-    """A registered strategy: ``factory(**kwargs)`` builds it."""
+    """A registered strategy: ``factory(**kwargs)`` builds it.
+
+    Plugins return their stage classes and the registry makes the entry with
+    `Strategy.of`; build one by hand only for a factory that is not a stage class.
+    """
 
     name: str
     kind: StrategyKind
     factory: Callable[..., Any]
     description: str
     plugin: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, stage: type[Stage]) -> Strategy:
+        """The entry of a stage class: its ``name``, ``kind`` and ``description``, built
+        by its classmethod ``build`` if it has one, else by the class itself."""
+        return cls(stage.name, stage.kind, getattr(stage, "build", stage), stage.description)  # type: ignore[arg-type]
+
+
+def stages_in(*modules: ModuleType) -> list[type[Stage]]:
+    """Every named stage class defined in ``modules`` (not imported into them), in
+    definition order: what a plugin module's ``tokenprune_strategies`` hook returns."""
+    return [
+        value
+        for module in modules
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Stage)
+        and value.__module__ == module.__name__
+        and value.name
+    ]
 
 
 @dataclass(frozen=True)
@@ -91,9 +118,18 @@ class Registry:
                     self._add(entry, impl.plugin_name, allowed)
 
     def _add(self, entry: Any, plugin: str, allowed: tuple[type, ...]) -> None:
+        if Strategy in allowed and isinstance(entry, type) and issubclass(entry, Stage):
+            if not entry.name:
+                raise PluginError(
+                    f"plugin '{plugin}': stage class {entry.__qualname__} needs a class attribute "
+                    "name (the name spec strings use), got ''"
+                )
+            entry = Strategy.of(entry)
         if not isinstance(entry, allowed):
-            names = " or ".join(t.__name__ for t in allowed)
-            raise PluginError(f"plugin '{plugin}': expected {names} entries, got {entry!r}")
+            names = " or ".join(t.__name__ for t in allowed) + " entries"
+            if Strategy in allowed:
+                names += " or stage classes (subclasses of Score, Transform, Selector, Decay)"
+            raise PluginError(f"plugin '{plugin}': expected {names}, got {entry!r}")
         if not isinstance(entry.name, str) or not entry.name.isidentifier():
             raise PluginError(
                 f"plugin '{plugin}': expected entry names that are identifiers (usable in spec "

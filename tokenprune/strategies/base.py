@@ -4,6 +4,7 @@ the decay terms of ``soft_nms``. Strategies are pure functions of tensors."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
@@ -15,12 +16,33 @@ if TYPE_CHECKING:
 __all__ = ["Decay", "DecayContext", "Score", "Selector", "Stage", "Transform"]
 
 
+def _first_paragraph(doc: str | None) -> str:
+    """The first paragraph of a docstring on one line ("" without one)."""
+    text = inspect.cleandoc(doc or "")
+    return " ".join(text.split("\n\n", 1)[0].replace("``", "").split())
+
+
 class Stage:
     """Common behaviour: a registered ``name``, the cues it ``requires``, and a repr that
-    is a valid spec string (``gaussian(sigma=12.0)``)."""
+    is a valid spec string (``gaussian(sigma=12.0)``).
+
+    A stage class is its own registry entry: ``name`` is what spec strings call it,
+    ``kind`` comes from the base class it subclasses (`Score`, `Transform`, `Selector`,
+    `Decay`) and ``description`` is the first paragraph of its docstring unless the
+    class sets one. A plugin returns the class from its ``tokenprune_strategies`` hook;
+    spec arguments are the constructor's, or those of a classmethod ``build`` where
+    they differ (``soft_nms`` takes its decay terms by name).
+    """
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    description: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "description" not in vars(cls):
+            cls.description = _first_paragraph(cls.__doc__)
 
     def params(self) -> dict[str, object]:
         """Keyword arguments that rebuild this stage from its registered factory."""
@@ -42,12 +64,16 @@ class Stage:
 class Score(Stage):
     """Cues -> ``(B, N)`` scores (higher = more worth keeping)."""
 
+    kind = "score"
+
     def __call__(self, cues: Cues) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
 
 class Transform(Stage):
     """``(B, N)`` scores -> ``(B, N)`` scores, with the cues (e.g. the layout) at hand."""
+
+    kind = "transform"
 
     def __call__(self, scores: Tensor, cues: Cues) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -58,6 +84,8 @@ class Selector(Stage):
 
     ``uses_budget = False`` marks selectors that ignore ``keep`` (e.g. ``vtw``).
     """
+
+    kind = "selector"
 
     uses_budget: ClassVar[bool] = True
 
@@ -93,6 +121,8 @@ class DecayContext:
 class Decay(Stage):
     """One factor of ``soft_nms``'s suppression: ``(B, W)`` values in [0, 1]. The factors
     of all terms multiply into D and a window token's score becomes ``s * (1 - D)``."""
+
+    kind = "decay"
 
     def __call__(self, ctx: DecayContext) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

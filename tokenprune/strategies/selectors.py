@@ -39,9 +39,11 @@ class TopK(Selector):
 
 @dataclass(frozen=True, repr=False)
 class Skip(Selector):
-    """Every ``stride``-th token of the ranking: with keep k, every other token of the
-    top 2k (the paper's "every other token of the top 20%" at keep 10%). Beyond the
-    top ``stride * k`` it continues with the skipped ranks, best first."""
+    """Every ``stride``-th token of the ranking: every other token of the top 2k.
+
+    With keep k that is the paper's "every other token of the top 20%" at keep 10%.
+    Beyond the top ``stride * k`` it continues with the skipped ranks, best first.
+    """
 
     stride: int = 2
     name = "skip"

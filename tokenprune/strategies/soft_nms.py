@@ -11,6 +11,7 @@ kept token. Its step function is compiled once with dynamic shapes.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ def _check_sigma(arg: str, sigma: object) -> None:
 
 @dataclass(frozen=True, repr=False)
 class SpatialDecay(Decay):
-    """Paper eq. (1): ``exp(-d^2 / (2 sigma^2))``, d in cells."""
+    """soft_nms decay of spatial distance, paper eq. (1): ``exp(-d^2 / (2 sigma^2))``, d in cells."""
 
     sigma: float = 1.5
     name = "spatial"
@@ -48,7 +49,7 @@ class SpatialDecay(Decay):
 
 @dataclass(frozen=True, repr=False)
 class SimilarityDecay(Decay):
-    """Paper eq. (2): ``exp(-(1 - cos(key_i, key_j))^2 / (2 sigma^2))``."""
+    """soft_nms decay of key similarity, paper eq. (2): ``exp(-(1 - cos(key_i, key_j))^2 / (2 sigma^2))``."""
 
     sigma: float = 0.05
     name = "similarity"
@@ -181,14 +182,56 @@ def _useful_radius(radius: float, region_shapes: Tensor) -> float:
     return radius if radius <= diagonal else diagonal
 
 
+def _build_soft_nms(cls: type[SoftNMS], radius: float | None = 5.0, **decays: object) -> SoftNMS:
+    """Build `SoftNMS` with decay terms given by name.
+
+    Each keyword names a registered decay: a number is its first argument
+    (``spatial=1.5``), a dict its keyword arguments, True its defaults, None or False
+    leaves it out. Unnamed defaults: ``spatial=1.5, similarity=0.05`` (the authors').
+    """
+    from tokenprune.registry import get_registry  # the registry imports the stage classes
+
+    registry = get_registry()
+    terms = []
+    for name, value in {**_DEFAULT_DECAYS, **decays}.items():
+        if not registry.has("decay", name):
+            options = ["radius", *registry.names("decay")]
+            close = difflib.get_close_matches(name, options, n=2)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise SpecError(
+                f"soft_nms {name}: unknown argument; {hint}soft_nms accepts radius and the "
+                f"registered decays ({', '.join(registry.names('decay'))})"
+            )
+        entry = registry.get("decay", name)
+        if value is None or value is False:
+            continue
+        if value is True:
+            terms.append(entry.factory())
+        elif isinstance(value, dict):
+            terms.append(entry.factory(**value))
+        elif isinstance(value, (int, float)):
+            terms.append(entry.factory(value))
+        else:
+            raise SpecError(f"soft_nms {name}: expected a number, a dict, True or None, got {value!r}")
+    return cls(radius=radius, decays=tuple(terms))
+
+
+_build_soft_nms.accepts_decays = True  # type: ignore[attr-defined]
+_DEFAULT_DECAYS = {"spatial": 1.5, "similarity": 0.05}
+
+
 @dataclass(frozen=True, repr=False)
 class SoftNMS(Selector):
-    """Adaptive Soft-NMS. ``radius`` in cells (None: whole region); ``decays`` multiply
-    into the suppression factor (none at all: hard NMS inside the window)."""
+    """AdaptPrune's greedy Soft-NMS with spatial and key-similarity decay.
+
+    ``radius`` in cells (None: whole region); ``decays`` multiply into the suppression
+    factor (none at all: hard NMS inside the window).
+    """
 
     radius: float | None = 5.0
     decays: tuple[Decay, ...] = field(default_factory=lambda: (SpatialDecay(1.5), SimilarityDecay(0.05)))
     name = "soft_nms"
+    build = classmethod(_build_soft_nms)
 
     def __post_init__(self) -> None:
         if self.radius is not None:

@@ -54,8 +54,10 @@ def gaussian_map(layout: Layout, sigma: float | None = None) -> Tensor:
 
 @dataclass(frozen=True, repr=False)
 class Gaussian(Transform):
-    """AdaptPrune's distribution correction: multiply scores by a centred Gaussian,
-    per region (see `gaussian_map`). ``sigma`` in cells, or None for half the region side."""
+    """AdaptPrune's distribution correction: multiply scores by a centred Gaussian per region.
+
+    See `gaussian_map`. ``sigma`` in cells, or None for half the region side.
+    """
 
     sigma: float | None = None
     name = "gaussian"
@@ -70,8 +72,11 @@ class Gaussian(Transform):
 
 @dataclass(frozen=True, repr=False)
 class AvgPool(Transform):
-    """``size x size`` average of scores, stride 1, inside each region; cells outside the
-    region do not count (no zero padding). Tokens without a place keep their score."""
+    """``size x size`` stride-1 average of scores inside each region.
+
+    Cells outside the region do not count (no zero padding). Tokens without a place keep
+    their score.
+    """
 
     size: int = 3
     name = "avg_pool"

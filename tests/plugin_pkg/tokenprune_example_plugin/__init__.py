@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tokenprune
-from tokenprune.strategies.base import Transform
 
 
 @dataclass(frozen=True, repr=False)
-class Power(Transform):
-    """Raise non-negative scores to ``exponent``: > 1 sharpens, < 1 flattens."""
+class Power(tokenprune.Transform):
+    """Raise non-negative scores to ``exponent`` (example plugin).
+
+    An exponent above 1 sharpens the scores, below 1 flattens them.
+    """
 
     exponent: float = 2.0
     name = "power"
@@ -29,7 +31,8 @@ class Power(Transform):
 
 @tokenprune.hookimpl
 def tokenprune_strategies():
+    # The class is the entry: name, kind (a Transform) and description come from it.
     return [
-        tokenprune.Strategy("power", "transform", Power, "scores ** exponent (example plugin)"),
+        Power,
         tokenprune.Recipe("sharp_fastv", "attention | power(exponent=2.0) | top_k", "FastV on squared attention"),
     ]
