@@ -164,6 +164,19 @@ def test_no_markup_leftovers_in_rendered_text(site, marker):
         assert where < 0, f"{path}: {LEFTOVERS[marker]}: ...{text[max(0, where - 80):where + 40]!r}"
 
 
+def test_every_picture_opens_at_full_size_on_a_click(site):
+    pictures = 0
+    for path in pages(site):
+        article = content(path)
+        images = [img.attrs["src"] for img in article.iter("img") if "img/" in img.attrs.get("src", "")]
+        linked = [
+            img.attrs["src"] for a in article.iter("a") for img in a.iter("img") if a.attrs.get("href") == img.attrs["src"]
+        ]
+        assert sorted(images) == sorted(linked), f"{path}: pictures without a link to themselves"
+        pictures += len(images)
+    assert pictures >= 20
+
+
 #: How a library's docs do not speak: of its tracker's issue numbers or its own workshop.
 INTERNAL = re.compile(r"\bissue #\d+|\b(?:this|the) project's\b", re.I)
 
