@@ -164,6 +164,17 @@ def test_no_markup_leftovers_in_rendered_text(site, marker):
         assert where < 0, f"{path}: {LEFTOVERS[marker]}: ...{text[max(0, where - 80):where + 40]!r}"
 
 
+def test_the_api_reference_documents_each_object_once(site):
+    headings = [
+        h.attrs["id"] for tag in ("h2", "h3", "h4", "h5") for h in content(site / "api" / "index.html").iter(tag)
+        if h.attrs.get("id", "").startswith("tokenprune.")
+    ]
+    # Material suffixes repeated ids (_1, _2); a name documented twice shows up as one.
+    names = [re.sub(r"_\d+$", "", h) for h in headings]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+    assert {"tokenprune.pruner.pruner", "tokenprune.Pruner", "tokenprune.prune", "tokenprune.Layout"} <= set(names)
+
+
 def test_every_picture_opens_at_full_size_on_a_click(site):
     pictures = 0
     for path in pages(site):
