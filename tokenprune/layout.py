@@ -13,7 +13,15 @@ Optional, for pictures and canvas-level strategies:
 
 - ``region_boxes (B, R, 4)`` float: (top, left, bottom, right) of each region on its
   image, as fractions of the image's height and width; NaN where unknown.
-- ``region_images (B, R)`` long: which image of the sample a region belongs to, -1 unused.
+- ``region_images (B, R)`` long: which image (or video) of the sample a region belongs to,
+  -1 unused.
+
+Optional, for videos:
+
+- ``region_frames (B, R)`` long: the frame (temporal group) of a region within its video,
+  -1 for regions that are not video frames. The frames of one video are the regions with
+  the same ``region_images`` value (all of a sample's regions when ``region_images`` is
+  None); ``soft_nms``'s ``temporal`` decay reaches across them.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ class Layout:
     valid: Tensor
     region_boxes: Tensor | None = field(default=None)
     region_images: Tensor | None = field(default=None)
+    region_frames: Tensor | None = field(default=None)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -182,6 +191,26 @@ class Layout:
         return layout if device is None else layout.to(device)
 
     @classmethod
+    def video(
+        cls, frames: int, height: int, width: int, batch: int = 1, device: torch.device | str | None = None
+    ) -> Layout:
+        """One video: ``frames`` regions of ``height x width``, each a frame (row-major),
+        frames in order (a Qwen-VL video of ``frames`` temporal groups)."""
+        _check_count("frames", frames, minimum=1)
+        _check_count("height", height, minimum=1)
+        _check_count("width", width, minimum=1)
+        layout = cls.regions_of([(height, width)] * int(frames), batch=batch)
+        layout = cls(
+            positions=layout.positions,
+            regions=layout.regions,
+            region_shapes=layout.region_shapes,
+            valid=layout.valid,
+            region_images=torch.zeros(batch, int(frames), dtype=torch.long),
+            region_frames=torch.arange(int(frames)).expand(batch, -1).contiguous(),
+        )
+        return layout if device is None else layout.to(device)
+
+    @classmethod
     def empty(cls, batch: int = 1, device: torch.device | str | None = None) -> Layout:
         """A layout with no candidate tokens (N = 0, R = 0): nothing to prune."""
         _check_count("batch", batch, minimum=1)
@@ -218,7 +247,8 @@ class Layout:
 
         has_boxes = any(lay.region_boxes is not None for lay in layouts)
         has_images = any(lay.region_images is not None for lay in layouts)
-        boxes, images = [], []
+        has_frames = any(lay.region_frames is not None for lay in layouts)
+        boxes, images, frames = [], [], []
         for lay in layouts:
             if has_boxes:
                 b = lay.region_boxes
@@ -230,6 +260,11 @@ class Layout:
                 if im is None:
                     im = torch.zeros(lay.batch_size, lay.num_regions, dtype=torch.long, device=device)
                 images.append(pad(im.to(device), r, 1, -1))
+            if has_frames:
+                fr = lay.region_frames
+                if fr is None:
+                    fr = torch.full((lay.batch_size, lay.num_regions), -1, dtype=torch.long, device=device)
+                frames.append(pad(fr.to(device), r, 1, -1))
         return cls(
             positions=torch.cat([pad(lay.positions.to(device), n, 1, math.nan) for lay in layouts]),
             regions=torch.cat([pad(lay.regions.to(device), n, 1, -1) for lay in layouts]),
@@ -237,6 +272,7 @@ class Layout:
             valid=torch.cat([pad(lay.valid.to(device), n, 1, False) for lay in layouts]),
             region_boxes=torch.cat(boxes) if has_boxes else None,
             region_images=torch.cat(images) if has_images else None,
+            region_frames=torch.cat(frames) if has_frames else None,
         )
 
 
@@ -282,14 +318,29 @@ def _validate(layout: Layout) -> None:
         raise LayoutError(
             f"region_images: expected a long tensor of shape (B, R) = ({b}, {r}), got {_describe(images)}"
         )
-    extra_devices = {t.device for t in (boxes, images) if t is not None} - devices
+    frames = layout.region_frames
+    if frames is not None and (
+        not isinstance(frames, Tensor) or frames.shape != (b, r) or frames.dtype != torch.long
+    ):
+        raise LayoutError(
+            f"region_frames: expected a long tensor of shape (B, R) = ({b}, {r}), got {_describe(frames)}"
+        )
+    extra_devices = {t.device for t in (boxes, images, frames) if t is not None} - devices
     if extra_devices:
         raise LayoutError(
-            f"region_boxes/region_images: expected device {next(iter(devices))}, "
+            f"region_boxes/region_images/region_frames: expected device {next(iter(devices))}, "
             f"got {sorted(map(str, extra_devices))}"
         )
     if images is not None and images.numel() and int(images.min()) < -1:
         raise LayoutError(f"region_images: expected image indices >= -1, got min {int(images.min())}")
+    if frames is not None and frames.numel():
+        if int(frames.min()) < -1:
+            raise LayoutError(f"region_frames: expected frame indices >= -1, got min {int(frames.min())}")
+        videos = images if images is not None else torch.zeros_like(frames)
+        same = (videos.unsqueeze(2) == videos.unsqueeze(1)) & (frames.unsqueeze(2) == frames.unsqueeze(1))
+        same &= (frames >= 0).unsqueeze(2) & ~torch.eye(r, dtype=torch.bool, device=frames.device)
+        if bool(same.any()):
+            raise LayoutError("region_frames: expected each frame index at most once per video, got duplicates")
     if n == 0:
         return
     if bool((s < 0).any()):

@@ -58,7 +58,9 @@ __all__ = [
 ]
 
 #: Layout tensors a cue file may hold (the first four are required together).
-LAYOUT_KEYS = ("positions", "regions", "region_shapes", "valid", "region_boxes", "region_images")
+LAYOUT_KEYS = (
+    "positions", "regions", "region_shapes", "valid", "region_boxes", "region_images", "region_frames"
+)
 
 KEPT = (255, 160, 30)
 DROPPED = (214, 214, 214)

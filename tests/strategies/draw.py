@@ -65,3 +65,39 @@ def keep_values(layout: Layout):
     """Fractions, or counts no larger than the smallest valid count."""
     smallest = int(layout.num_valid().min())
     return st.one_of(st.floats(0.01, 1.0), st.integers(1, max(1, smallest)))
+
+
+@st.composite
+def video_sample_layouts(draw, max_visuals: int = 3, max_frames: int = 4, max_side: int = 6) -> Layout:
+    """One sample of still images and videos (frames of one shape), in a drawn order,
+    with ``region_images`` (or None when there is one video only) and ``region_frames``;
+    maybe sparse (a random subset of the tokens)."""
+    shapes, images, frames = [], [], []
+    for visual in range(draw(st.integers(1, max_visuals))):
+        shape = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+        count = draw(st.integers(1, max_frames))
+        is_video = draw(st.booleans())
+        for t in range(count if is_video else 1):
+            shapes.append(shape)
+            images.append(visual)
+            frames.append(t if is_video else -1)
+    base = Layout.regions_of(shapes, separators=draw(st.booleans()))
+    index = torch.arange(base.num_tokens)
+    if draw(st.booleans()):
+        kept = sorted(draw(st.sets(st.integers(0, base.num_tokens - 1), min_size=1, max_size=base.num_tokens)))
+        index = torch.tensor(kept)
+    one_video = len(set(images)) == 1 and frames[0] >= 0
+    return Layout(
+        positions=base.positions[:, index],
+        regions=base.regions[:, index],
+        region_shapes=base.region_shapes,
+        valid=base.valid[:, index],
+        region_images=None if one_video and draw(st.booleans()) else torch.tensor([images]),
+        region_frames=torch.tensor([frames]),
+    )
+
+
+@st.composite
+def video_layouts(draw, max_batch: int = 3, **kwargs) -> Layout:
+    """A ragged batch of `video_sample_layouts`."""
+    return Layout.stack([draw(video_sample_layouts(**kwargs)) for _ in range(draw(st.integers(1, max_batch)))])

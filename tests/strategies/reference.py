@@ -14,12 +14,17 @@ from tokenprune import Layout
 
 
 def tokens_of(layout: Layout, b: int) -> list[dict]:
-    """Sample b as a list of {index, region, row, col, valid} dicts (row/col None without place)."""
+    """Sample b as a list of {index, region, row, col, valid, video, frame} dicts (row/col
+    None without place; frame None outside video frames, video = region_images or 0)."""
     out = []
     for n in range(layout.num_tokens):
         region = int(layout.regions[b, n])
         valid = bool(layout.valid[b, n])
         placed = valid and region >= 0
+        frame = video = None
+        if placed and layout.region_frames is not None and int(layout.region_frames[b, region]) >= 0:
+            frame = int(layout.region_frames[b, region])
+            video = 0 if layout.region_images is None else int(layout.region_images[b, region])
         out.append(
             {
                 "index": n,
@@ -27,6 +32,8 @@ def tokens_of(layout: Layout, b: int) -> list[dict]:
                 "row": int(layout.positions[b, n, 0]) if placed else None,
                 "col": int(layout.positions[b, n, 1]) if placed else None,
                 "valid": valid,
+                "video": video,
+                "frame": frame,
             }
         )
     return out
@@ -89,11 +96,17 @@ def ref_soft_nms(
     radius: float | None = 5.0,
     sigma_d: float | None = 1.5,
     sigma_s: float | None = 0.05,
+    sigma_t: float | None = None,
+    frames: int = 1,
 ) -> tuple[list[int], list[float]]:
     """Algorithm 1 of the paper with the authors' window: repeat k times: i = argmax of
     the scores of tokens not yet kept (first index on ties); keep i; for every token j in
     i's region within distance radius (i itself and kept tokens included):
-    s_j *= 1 - D_spatial * D_similarity."""
+    s_j *= 1 - D_spatial * D_similarity.
+
+    With ``sigma_t`` (the temporal term), j may also be the token at i's (row, col) in a
+    frame of i's video 1..frames frames away (d = 0 there), and the product gains
+    D_temporal = exp(-df^2 / (2 sigma_t^2)) (1 inside i's own frame)."""
     s = list(scores)
     kept: list[int] = []
     for _ in range(k):
@@ -106,12 +119,27 @@ def ref_soft_nms(
         if ti["row"] is None:
             continue
         for tj in tokens:
-            if tj["row"] is None or tj["region"] != ti["region"]:
+            if tj["row"] is None:
                 continue
             d2 = (ti["row"] - tj["row"]) ** 2 + (ti["col"] - tj["col"]) ** 2
-            if radius is not None and math.sqrt(d2) > radius:
+            df = 0
+            if tj["region"] != ti["region"]:
+                other_frame = (
+                    sigma_t is not None
+                    and ti["frame"] is not None
+                    and tj["frame"] is not None
+                    and tj["video"] == ti["video"]
+                    and 0 < abs(tj["frame"] - ti["frame"]) <= frames
+                    and d2 == 0
+                )
+                if not other_frame:
+                    continue
+                df = tj["frame"] - ti["frame"]
+            elif radius is not None and math.sqrt(d2) > radius:
                 continue
             decay = 1.0
+            if sigma_t is not None:
+                decay *= math.exp(-(df**2) / (2 * sigma_t**2))
             if sigma_d is not None:
                 decay *= math.exp(-d2 / (2 * sigma_d**2))
             if sigma_s is not None:

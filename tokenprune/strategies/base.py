@@ -103,10 +103,14 @@ class DecayContext:
         candidates: ``(B, W)`` long, window tokens (clamped to a valid index where
             ``in_window`` is False; their factors are ignored).
         in_window: ``(B, W)`` bool.
-        distance2: ``(B, W)`` squared spatial distance in cells to the kept token.
+        distance2: ``(B, W)`` squared spatial distance in cells to the kept token (0 for
+            the same cell in another frame).
         keys: ``(B, N, D)`` the key cue, or None.
         key_inv_norm: ``(B, N)`` 1 / ||key|| in the compute dtype, or None.
         dtype: the compute dtype (float32, or float64 for float64 scores).
+        frame_distance: ``(B, W)`` frames between a candidate and the kept token: 0 in the
+            kept token's own region, ``|df|`` for the same cell ``df`` frames away (present
+            only when a term reaches other frames, see `Decay.frame_reach`), else None.
     """
 
     kept: Tensor
@@ -116,6 +120,7 @@ class DecayContext:
     keys: Tensor | None
     key_inv_norm: Tensor | None
     dtype: object
+    frame_distance: Tensor | None = None
 
 
 class Decay(Stage):
@@ -123,6 +128,12 @@ class Decay(Stage):
     of all terms multiply into D and a window token's score becomes ``s * (1 - D)``."""
 
     kind = "decay"
+
+    def frame_reach(self) -> int:
+        """How many frames away this term reaches: the window of ``soft_nms`` then also
+        holds the kept token's cell in the frames of its video up to that many frames
+        away (see ``Layout.region_frames``). 0: the kept token's own region only."""
+        return 0
 
     def __call__(self, ctx: DecayContext) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

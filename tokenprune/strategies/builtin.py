@@ -25,6 +25,11 @@ RECIPES = [
         "attention | gaussian | soft_nms(radius=5.0, spatial=1.5, similarity=None)",
         "AdaptPrune ablation: correction + spatial decay (Table 4 (c))",
     ),
+    Recipe(
+        "adaptprune_video",
+        "attention | gaussian | soft_nms(radius=5.0, spatial=1.5, similarity=0.05, temporal=1.0)",
+        "AdaptPrune with temporal decay: suppression also reaches the same cell in the neighbouring video frames",
+    ),
     Recipe("fitprune", "fitprune | top_k", "Table 5 (a): single-layer FitPrune"),
     Recipe("skip", "attention | skip", "Table 5 (b): every other token of the top 20% at keep 10%"),
     Recipe("random", "random | top_k", "Table 5 (c): uniformly random tokens"),

@@ -14,7 +14,16 @@ from torch import Tensor
 
 from tokenprune.layout import Layout, _cell_ids, region_values
 
-__all__ = ["CellGrid", "cell_grid", "disc_offsets", "lookup", "neighbors", "square_offsets"]
+__all__ = [
+    "CellGrid",
+    "cell_grid",
+    "disc_offsets",
+    "frame_neighbors",
+    "frame_offsets",
+    "lookup",
+    "neighbors",
+    "square_offsets",
+]
 
 
 def disc_offsets(radius: float) -> Tensor:
@@ -116,3 +125,51 @@ def neighbors(layout: Layout, offsets: Tensor, chunk: int = 2048) -> Tensor:
     # Chunks of tokens bound the (B, chunk, W) temporaries (N = 10,000 stays small).
     parts = [lookup(grid, tokens[:, lo : lo + chunk], offsets) for lo in range(0, n, chunk)]
     return torch.cat(parts, dim=1) if parts else torch.zeros(b, 0, offsets.shape[0], dtype=torch.long)
+
+
+def frame_offsets(reach: int) -> Tensor:
+    """``(2 * reach,)`` long frame offsets ``-reach..-1, 1..reach``."""
+    d = torch.arange(1, reach + 1)
+    return torch.cat([-d.flip(0), d])
+
+
+def frame_neighbors(layout: Layout, grid: CellGrid, reach: int) -> Tensor:
+    """The token at the same (row, col) in the frames up to ``reach`` away, per token.
+
+    Frames are the regions with ``layout.region_frames >= 0``; two frames belong to one
+    video when their ``region_images`` agree (all of a sample's frames without it).
+
+    Returns:
+        ``(B, N, 2 * reach)`` long, for the frame offsets of `frame_offsets`: the token
+        index, or -1 where the token is no video frame's, that frame does not exist, the
+        cell lies outside it or is empty.
+    """
+    b, n = layout.regions.shape
+    frames = layout.region_frames
+    if frames is None or reach == 0 or layout.num_regions == 0:
+        return torch.full((b, n, 0 if frames is None else 2 * reach), -1, dtype=torch.long, device=layout.device)
+    videos = layout.region_images if layout.region_images is not None else torch.zeros_like(frames)
+    dt = frame_offsets(reach).to(layout.device)
+    is_frame = frames >= 0
+    # match[b, r, s, k]: region s is frame (frame of r) + dt[k] of r's video.
+    match = (
+        (videos[:, :, None, None] == videos[:, None, :, None])
+        & (frames[:, None, :, None] == frames[:, :, None, None] + dt)
+        & is_frame[:, :, None, None]
+        & is_frame[:, None, :, None]
+    )
+    target = torch.where(match.any(2), match.long().argmax(2), -1)  # (B, R, K)
+    shapes = layout.region_shapes
+    area = shapes[..., 0] * shapes[..., 1]
+    base = torch.cumsum(area, dim=1) - area
+    cell, row, col = grid.place[..., 0:1], grid.place[..., 1:2], grid.place[..., 2:3]
+    region = torch.where(cell >= 0, layout.regions.unsqueeze(-1), 0)
+    to = torch.gather(target, 1, region.expand(b, n, dt.numel()))  # (B, N, K)
+    safe = to.clamp(min=0)
+    height = torch.gather(shapes[..., 0], 1, safe.flatten(1)).view_as(to)
+    width = torch.gather(shapes[..., 1], 1, safe.flatten(1)).view_as(to)
+    start = torch.gather(base, 1, safe.flatten(1)).view_as(to)
+    inside = (cell >= 0) & (to >= 0) & (row < height) & (col < width)
+    scratch = grid.table.shape[1] - 1
+    target_cell = torch.where(inside, start + row * width + col, scratch)
+    return torch.gather(grid.table, 1, target_cell.flatten(1)).view_as(to)

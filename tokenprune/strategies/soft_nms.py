@@ -3,6 +3,8 @@
 Greedy: repeat ``budget`` times: keep the highest-scoring token not yet kept (first
 index on ties); multiply the score of every token of the same region within Euclidean
 distance ``radius`` of it (itself and kept tokens included) by ``1 - prod(D_terms)``.
+A term that reaches other frames (``temporal``) adds the kept token's cell in the frames
+of its video up to ``frames`` away to that window.
 
 The fast path is batched over samples, never builds an N x N matrix (a window of at
 most ``W ~ pi * radius^2`` tokens is looked up per step), and has no host sync per
@@ -23,9 +25,16 @@ from tokenprune.cues import Cues
 from tokenprune.errors import CueError, SpecError
 from tokenprune.selection import Selection
 from tokenprune.strategies.base import Decay, DecayContext, Selector
-from tokenprune.strategies.grid import CellGrid, cell_grid, disc_offsets, lookup
+from tokenprune.strategies.grid import (
+    CellGrid,
+    cell_grid,
+    disc_offsets,
+    frame_neighbors,
+    frame_offsets,
+    lookup,
+)
 
-__all__ = ["SimilarityDecay", "SoftNMS", "SpatialDecay", "key_inv_norm"]
+__all__ = ["SimilarityDecay", "SoftNMS", "SpatialDecay", "TemporalDecay", "key_inv_norm"]
 
 
 def _check_sigma(arg: str, sigma: object) -> None:
@@ -68,6 +77,30 @@ class SimilarityDecay(Decay):
         return torch.exp(-((1.0 - cos) ** 2) / (2.0 * self.sigma**2))
 
 
+@dataclass(frozen=True, repr=False)
+class TemporalDecay(Decay):
+    """``exp(-df^2 / (2 sigma^2))`` for the kept token's cell ``|df| <= frames`` frames
+    away in its video, 1 inside its own frame: a static video does not keep the same
+    patch in every frame. Layouts without ``region_frames`` are unaffected."""
+
+    sigma: float = 1.0
+    frames: int = 1
+    name = "temporal"
+
+    def __post_init__(self) -> None:
+        _check_sigma("temporal sigma", self.sigma)
+        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
+            raise SpecError(f"temporal frames: expected an int >= 1, got {self.frames!r}")
+
+    def frame_reach(self) -> int:
+        return self.frames
+
+    def __call__(self, ctx: DecayContext) -> Tensor:
+        if ctx.frame_distance is None:
+            return torch.ones_like(ctx.distance2)
+        return torch.exp(-(ctx.frame_distance**2) / (2.0 * self.sigma**2))
+
+
 def key_inv_norm(keys: Tensor, dtype: torch.dtype, chunk: int = 2048) -> Tensor:
     """``(B, N)`` 1 / max(||key||, 1e-12) in ``dtype``, computed in chunks of N so that no
     full-size upcast copy of ``keys (B, N, D)`` is made."""
@@ -97,6 +130,8 @@ def _window_step(
     keys: Tensor | None,
     inv_norm: Tensor | None,
     decays: tuple[Decay, ...],
+    across: Tensor | None = None,
+    frame_distance: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One greedy step with a precomputed window.
 
@@ -105,6 +140,8 @@ def _window_step(
         taken: ``(B, N)`` bool, tokens kept so far.
         grid: the layout's `CellGrid`, to look the window up.
         offsets: ``(W, 2)`` long window offsets; distance2 ``(W,)`` their squared length.
+        across: ``(B, N, F)`` long, each token's cell in other frames (`frame_neighbors`),
+            or None; frame_distance ``(W + F,)`` 0 for the spatial window, then ``|df|``.
 
     Returns:
         new scores, new taken, and the ``(B,)`` index kept at this step.
@@ -113,9 +150,16 @@ def _window_step(
     kept = scores.masked_fill(taken, float("-inf")).argmax(dim=1)
     taken = taken.scatter(1, kept.unsqueeze(1), True)
     cand = lookup(grid, kept.view(b, 1), offsets).squeeze(1)
+    if across is not None:
+        far = torch.gather(across, 1, kept.view(b, 1, 1).expand(b, 1, across.shape[2])).squeeze(1)
+        cand = torch.cat([cand, far], dim=1)
+        distance2 = torch.cat([distance2, distance2.new_zeros(far.shape[1])])
+        frame_distance = frame_distance.expand_as(cand)
     in_window = cand >= 0
     cand = cand.clamp(min=0)
-    ctx = DecayContext(kept, cand, in_window, distance2.expand_as(in_window), keys, inv_norm, scores.dtype)
+    ctx = DecayContext(
+        kept, cand, in_window, distance2.expand_as(in_window), keys, inv_norm, scores.dtype, frame_distance
+    )
     return _suppress(scores, cand, in_window, ctx, decays), taken, kept
 
 
@@ -127,11 +171,14 @@ def _dense_step(
     keys: Tensor | None,
     inv_norm: Tensor | None,
     decays: tuple[Decay, ...],
+    across: Tensor | None = None,
+    frame_distance: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One greedy step without a radius: the window is the kept token's whole region.
 
     ``positions (B, N, 2)`` (NaN-free, compute dtype) and ``regions (B, N)`` long with -1
-    for tokens that have no place or are padding.
+    for tokens that have no place or are padding; ``across`` and ``frame_distance`` as in
+    `_window_step` (the other frames' cells join the window).
     """
     b, n = scores.shape
     kept = scores.masked_fill(taken, float("-inf")).argmax(dim=1)
@@ -141,7 +188,13 @@ def _dense_step(
     kept_pos = torch.gather(positions, 1, kept.view(b, 1, 1).expand(b, 1, 2))
     distance2 = ((positions - kept_pos) ** 2).sum(-1)
     cand = torch.arange(n, device=scores.device).expand(b, n)
-    ctx = DecayContext(kept, cand, in_window, distance2, keys, inv_norm, scores.dtype)
+    if across is not None:
+        far = torch.gather(across, 1, kept.view(b, 1, 1).expand(b, 1, across.shape[2])).squeeze(1)
+        in_window = torch.cat([in_window, far >= 0], dim=1)
+        cand = torch.cat([cand, far.clamp(min=0)], dim=1)
+        distance2 = torch.cat([distance2, distance2.new_zeros(b, far.shape[1])], dim=1)
+        frame_distance = frame_distance.expand_as(cand)
+    ctx = DecayContext(kept, cand, in_window, distance2, keys, inv_norm, scores.dtype, frame_distance)
     return _suppress(scores, cand, in_window, ctx, decays), taken, kept
 
 
@@ -270,15 +323,25 @@ class SoftNMS(Selector):
                 f"got min {float(scores[layout.valid].min()):.4g}"
             )
         steps = int(budget.max()) if budget.numel() else 0
+        grid = cell_grid(layout) if self.radius is not None else None
+        across = frame_distance = None
+        reach = max((d.frame_reach() for d in self.decays), default=0)
+        if reach and layout.region_frames is not None:
+            across = frame_neighbors(layout, grid if grid is not None else cell_grid(layout), reach)
+            frame_distance = frame_offsets(reach).abs().to(device=scores.device, dtype=dtype)
         if self.radius is not None:
             offsets = disc_offsets(_useful_radius(self.radius, layout.region_shapes))
             distance2 = (offsets**2).sum(-1).to(device=scores.device, dtype=dtype)
-            grid = cell_grid(layout)
-            run, args = _window_steps, (grid, offsets.to(scores.device), distance2, keys, inv, self.decays)
+            if across is not None:
+                frame_distance = torch.cat([distance2.new_zeros(offsets.shape[0]), frame_distance])
+            run = _window_steps
+            args = (grid, offsets.to(scores.device), distance2, keys, inv, self.decays, across, frame_distance)
         else:
             positions = torch.nan_to_num(layout.positions).to(dtype)
             regions = torch.where(layout.placed, layout.regions, -1)
-            run, args = _dense_steps, (positions, regions, keys, inv, self.decays)
+            if across is not None:
+                frame_distance = torch.cat([positions.new_zeros(layout.num_tokens), frame_distance])
+            run, args = _dense_steps, (positions, regions, keys, inv, self.decays, across, frame_distance)
         taken = torch.zeros_like(layout.valid)
         remaining = budget.clone()
         kept = []
