@@ -9,6 +9,11 @@ checkpoints:
 - `tiny_llava_next`: the same tower with the llava-v1.6 ``image_grid_pinpoints``.
 - `tiny_internvl`: InternVL vision tower at 448 px / 14 px, ``downsample_ratio`` 0.5
   (256 tokens per tile), Qwen2 text model (InternVL3-style).
+- `tiny_qwen2_vl`, `tiny_qwen2_5_vl`, `tiny_qwen3_vl`: 14 px (Qwen3-VL: 16 px) patches,
+  2 frames per temporal patch, 2 x 2 merge, M-RoPE text models (Qwen2.5-VL with window
+  attention, Qwen3-VL with deepstack features at decoder layers 0..2).
+- `tiny_llava_onevision`: SigLIP-style tower at 384 px / 14 px (27 x 27 tokens), the
+  anyres_max_9 pinpoints, pooled 14 x 14 video frames, Qwen2 text model.
 
 `make_batch` builds a left-padded batch of prompts (text tokens and image placeholders)
 for any of them; the placeholder counts come from transformers' own code, not from
@@ -31,13 +36,31 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen2Config,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    SiglipVisionConfig,
 )
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 __all__ = [
+    "QWEN_FAMILIES",
+    "VIDEO_FAMILIES",
+    "VIDEO_TOKEN_ID",
+    "VISION_END_ID",
+    "VISION_START_ID",
+    "tiny_llava_onevision",
+    "tiny_qwen2_5_vl",
+    "tiny_qwen2_vl",
+    "tiny_qwen3_vl",
     "BOS_ID",
     "EOS_ID",
     "FAMILIES",
@@ -68,6 +91,15 @@ _TEXT_LOW, _TEXT_HIGH = 3, 110
 #: llava-v1.6 (llava-hf/llava-v1.6-*) anyres resolutions, (height, width).
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 FAMILIES = ("llava", "llava_next", "internvl")
+#: The video placeholder, and Qwen-VL's ``<|vision_start|>`` / ``<|vision_end|>``.
+VIDEO_TOKEN_ID, VISION_START_ID, VISION_END_ID = 123, 124, 125
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+#: Families whose prompts may hold videos: a visual of a `make_batch` sample that is
+#: (frames, height, width) is a video.
+VIDEO_FAMILIES = (*QWEN_FAMILIES, "llava_onevision")
+#: Qwen-VL processor resize bounds of the tiny batches, in merged tokens per frame (the
+#: processor's min/max pixels over (patch * merge)^2): short prompts.
+QWEN_MIN_TOKENS, QWEN_MAX_TOKENS = 1, 144
 
 
 def _clip_vision() -> CLIPVisionConfig:
@@ -146,11 +178,109 @@ def tiny_internvl(seed: int = 0) -> InternVLForConditionalGeneration:
     return InternVLForConditionalGeneration(config).eval()
 
 
+def _qwen_text(**extra) -> dict:
+    text = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        # head_dim 16: 8 rotary frequencies split over the (t, h, w) axes.
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    )
+    text.update(extra)
+    return text
+
+
+_QWEN_IDS = dict(
+    image_token_id=IMAGE_TOKEN_ID,
+    video_token_id=VIDEO_TOKEN_ID,
+    vision_start_token_id=VISION_START_ID,
+    vision_end_token_id=VISION_END_ID,
+)
+
+
+def tiny_qwen2_vl(seed: int = 0) -> Qwen2VLForConditionalGeneration:
+    """A Qwen2-VL-shaped model: 14 px patches, temporal patch 2, 2 x 2 merge, one vision
+    block, 4 M-RoPE Qwen2 layers of width 64, eval mode."""
+    torch.manual_seed(seed)
+    vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14)
+    config = Qwen2VLConfig(vision_config=vision, text_config=_qwen_text(), **_QWEN_IDS)
+    return Qwen2VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwen2_5_vl(seed: int = 0, window_size: int = 56) -> Qwen2_5_VLForConditionalGeneration:
+    """A Qwen2.5-VL-shaped model: 14 px patches, 2 x 2 merge, a window-attention block
+    (``window_size`` px windows) then a full-attention block, 4 M-RoPE layers, eval mode."""
+    torch.manual_seed(seed)
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=14,
+        window_size=window_size,
+        fullatt_block_indexes=[1],
+    )
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=_qwen_text(), **_QWEN_IDS)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwen3_vl(seed: int = 0) -> Qwen3VLForConditionalGeneration:
+    """A Qwen3-VL-shaped model: 16 px patches, 2 x 2 merge, deepstack features from its
+    3 vision blocks added after decoder layers 0, 1, 2 of 4 interleaved-M-RoPE Qwen3
+    layers, eval mode."""
+    torch.manual_seed(seed)
+    vision = dict(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=16,
+        num_position_embeddings=256,
+        deepstack_visual_indexes=[0, 1, 2],
+    )
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+    text = _qwen_text(head_dim=16, rope_parameters=rope)
+    config = Qwen3VLConfig(vision_config=vision, text_config=text, **_QWEN_IDS)
+    return Qwen3VLForConditionalGeneration(config).eval()
+
+
+def tiny_llava_onevision(seed: int = 0) -> LlavaOnevisionForConditionalGeneration:
+    """A LLaVA-OneVision-shaped model: SigLIP-style tower at 384 px / 14 px (27 x 27 = 729
+    tokens per tile, all kept), the default anyres_max_9 pinpoints, videos pooled to
+    14 x 14 per frame, 4 Qwen2 layers of width 64, eval mode."""
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(
+        image_size=384, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
+    text = Qwen2Config(**{k: v for k, v in _qwen_text().items() if k != "rope_parameters"})
+    config = LlavaOnevisionConfig(
+        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID
+    )
+    return LlavaOnevisionForConditionalGeneration(config).eval()
+
+
 def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
-    """The tiny model of ``family`` (one of `FAMILIES`)."""
-    builders = {"llava": tiny_llava, "llava_next": tiny_llava_next, "internvl": tiny_internvl}
+    """The tiny model of ``family`` (one of `FAMILIES` or `VIDEO_FAMILIES`)."""
+    builders = {
+        "llava": tiny_llava,
+        "llava_next": tiny_llava_next,
+        "internvl": tiny_internvl,
+        "qwen2_vl": tiny_qwen2_vl,
+        "qwen2_5_vl": tiny_qwen2_5_vl,
+        "qwen3_vl": tiny_qwen3_vl,
+        "llava_onevision": tiny_llava_onevision,
+    }
     if family not in builders:
-        raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
+        raise ValueError(f"family: expected one of {tuple(builders)}, got {family!r}")
     return builders[family](seed)
 
 
@@ -259,6 +389,8 @@ def make_batch(
         min_patches, max_patches: InternVL processor tiling limits.
     """
     kind = model.config.model_type
+    if kind in VIDEO_FAMILIES:
+        return _video_family_batch(model, images, text_len=text_len, seed=seed)
     image_token = model.config.image_token_id
     generator = torch.Generator().manual_seed(seed)
 
@@ -307,3 +439,125 @@ def make_batch(
             for i, t in enumerate(tiles):
                 inputs["pixel_values"][i, t:] = 0
     return TinyBatch(inputs=inputs, image_sizes=sizes, num_visual=counts, extra=extra)
+
+
+# ------------------------------------------------- Qwen-VL and LLaVA-OneVision batches
+def qwen_grid(model: PreTrainedModel, size: tuple[int, int], frames: int = 1) -> tuple[int, int, int]:
+    """(t, h, w) patches of an image (``frames=1``) or video of ``frames`` frames of
+    ``size`` (height, width) px, as the Qwen-VL processors resize it (transformers'
+    ``smart_resize`` within `QWEN_MIN_TOKENS`..`QWEN_MAX_TOKENS` merged tokens; frames
+    padded to a multiple of the temporal patch)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    vision = model.config.vision_config
+    factor = vision.patch_size * vision.spatial_merge_size
+    height, width = smart_resize(
+        int(size[0]), int(size[1]), factor, QWEN_MIN_TOKENS * factor**2, QWEN_MAX_TOKENS * factor**2
+    )
+    t = -(-int(frames) // vision.temporal_patch_size)
+    return t, height // vision.patch_size, width // vision.patch_size
+
+
+def _onevision_image_tokens(model: PreTrainedModel, size: tuple[int, int], patched: bool) -> tuple[int, int]:
+    """(tiles, placeholder tokens) of one LLaVA-OneVision image, from the model's own
+    ``pack_image_features`` on empty features."""
+    config = model.config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    tiles = image_size_to_num_patches(list(size), config.image_grid_pinpoints, config.vision_config.image_size)
+    used = tiles if patched else 1
+    features = torch.zeros(used, side * side, 1)
+    _, lens = model.model.pack_image_features(
+        [features], torch.tensor([list(size)]), image_newline=torch.zeros(1),
+        vision_aspect_ratio=config.vision_aspect_ratio,
+    )
+    return tiles, int(lens[0])
+
+
+def _video_family_batch(
+    model: PreTrainedModel, visuals: Sequence[Sequence[tuple[int, ...]]], *, text_len: int, seed: int
+) -> TinyBatch:
+    """`make_batch` for Qwen-VL and LLaVA-OneVision: a visual (height, width) is an image,
+    (frames, height, width) a video (Qwen3-VL: a timestamp of text tokens before each
+    temporal group, as its processor writes)."""
+    kind = model.config.model_type
+    generator = torch.Generator().manual_seed(seed)
+
+    def text() -> list[int]:
+        n = int(torch.randint(1, text_len + 1, (1,), generator=generator))
+        return torch.randint(_TEXT_LOW, _TEXT_HIGH, (n,), generator=generator).tolist()
+
+    qwen = kind in QWEN_FAMILIES
+    if qwen:
+        vision = model.config.vision_config
+        merge2 = vision.spatial_merge_size**2
+        patch_width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    prompts, types, counts, sizes = [], [], [], []
+    image_grids, video_grids, image_sizes, video_frames, tiles = [], [], [], [], []
+    for sample in visuals:
+        ids, kinds = [BOS_ID, *text()], []
+        count = 0
+        n_images = sum(len(v) == 2 for v in sample)
+        for visual in sample:
+            is_video = len(visual) == 3
+            frames, size = (visual[0], visual[1:]) if is_video else (1, visual)
+            token = VIDEO_TOKEN_ID if is_video else IMAGE_TOKEN_ID
+            if qwen:
+                grid = qwen_grid(model, size, frames)
+                (video_grids if is_video else image_grids).append(grid)
+                per_frame = grid[1] * grid[2] // merge2
+                groups = grid[0] if kind == "qwen3_vl" and is_video else 1
+                for _ in range(groups):
+                    stamp = text() if groups > 1 else []
+                    run = [token] * (per_frame * grid[0] // groups)
+                    ids += [*stamp, VISION_START_ID, *run, VISION_END_ID]
+                    count += len(run)
+            elif is_video:
+                side = -(-(model.config.vision_config.image_size // model.config.vision_config.patch_size) // 2)
+                video_frames.append(int(frames))
+                run = [token] * (int(frames) * side * side + 1)
+                ids += run
+                count += len(run)
+            else:
+                used, n = _onevision_image_tokens(model, size, patched=n_images == 1)
+                image_sizes.append([int(size[0]), int(size[1])])
+                tiles.append(used if n_images == 1 else 1)
+                ids += [token] * n
+                count += n
+            ids += text()
+        prompts.append(ids)
+        counts.append(count)
+        sizes.append([tuple(int(x) for x in v) for v in sample])
+
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for b, ids in enumerate(prompts):
+        input_ids[b, length - len(ids) :] = torch.tensor(ids)
+        attention_mask[b, length - len(ids) :] = 1
+    inputs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if qwen:
+        inputs["mm_token_type_ids"] = (input_ids == IMAGE_TOKEN_ID).long() + 2 * (input_ids == VIDEO_TOKEN_ID).long()
+        if image_grids:
+            grid = torch.tensor(image_grids, dtype=torch.long)
+            inputs["image_grid_thw"] = grid
+            inputs["pixel_values"] = torch.randn(int(grid.prod(-1).sum()), patch_width, generator=generator)
+        if video_grids:
+            grid = torch.tensor(video_grids, dtype=torch.long)
+            inputs["video_grid_thw"] = grid
+            inputs["pixel_values_videos"] = torch.randn(int(grid.prod(-1).sum()), patch_width, generator=generator)
+    else:
+        side = model.config.vision_config.image_size
+        if image_sizes:
+            pixels = torch.randn(len(image_sizes), max(tiles), 3, side, side, generator=generator)
+            for i, t in enumerate(tiles):
+                pixels[i, t:] = 0
+            inputs["pixel_values"] = pixels
+            inputs["image_sizes"] = torch.tensor(image_sizes, dtype=torch.long)
+            inputs["batch_num_images"] = torch.tensor([sum(len(v) == 2 for v in s) for s in visuals])
+        if video_frames:
+            if len(set(video_frames)) != 1:
+                raise ValueError(f"visuals: LLaVA-OneVision videos of one batch need one frame count, got {video_frames}")
+            inputs["pixel_values_videos"] = torch.randn(
+                len(video_frames), video_frames[0], 3, side, side, generator=generator
+            )
+    return TinyBatch(inputs=inputs, image_sizes=sizes, num_visual=counts)

@@ -26,6 +26,7 @@ class SampleBuilder:
         self._shapes: list[tuple[int, int]] = []
         self._boxes: list[tuple[float, float, float, float]] = []
         self._images: list[int] = []
+        self._frames: list[int] = []
 
     @property
     def num_tokens(self) -> int:
@@ -40,6 +41,7 @@ class SampleBuilder:
         box: tuple[float, float, float, float] | None = None,
         separators: bool = False,
         skip: int = 0,
+        frame: int = -1,
     ) -> None:
         """Append a ``height x width`` region, row-major; with ``separators`` one
         place-less token follows every row (LLaVA-NeXT's ``image_newline``).
@@ -48,6 +50,7 @@ class SampleBuilder:
             image: index of the region's image within the sample.
             box: (top, left, bottom, right) on the image as fractions; None = unknown.
             skip: leading tokens of the region that the model dropped.
+            frame: the region's frame within its video (``image``), -1 for no video frame.
         """
         index = len(self._shapes)
         rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
@@ -61,6 +64,7 @@ class SampleBuilder:
         self._shapes.append((height, width))
         self._boxes.append(_UNKNOWN_BOX if box is None else box)
         self._images.append(image)
+        self._frames.append(frame)
 
     def unplaced(self, count: int) -> None:
         """Append ``count`` tokens without a place (a CLS token, a lone separator)."""
@@ -68,7 +72,8 @@ class SampleBuilder:
         self._regions.append(torch.full((count,), -1, dtype=torch.long))
 
     def build(self) -> Layout:
-        """The sample as a batch-of-one `Layout` with ``region_boxes`` and ``region_images``."""
+        """The sample as a batch-of-one `Layout` with ``region_boxes`` and ``region_images``
+        (and ``region_frames`` when a region is a video frame)."""
         positions = torch.cat(self._positions) if self._positions else torch.zeros(0, 2)
         regions = torch.cat(self._regions) if self._regions else torch.zeros(0, dtype=torch.long)
         return Layout(
@@ -78,4 +83,9 @@ class SampleBuilder:
             valid=torch.ones(1, regions.numel(), dtype=torch.bool),
             region_boxes=torch.tensor(self._boxes, dtype=torch.float32).reshape(1, -1, 4),
             region_images=torch.tensor(self._images, dtype=torch.long).reshape(1, -1),
+            region_frames=(
+                torch.tensor(self._frames, dtype=torch.long).reshape(1, -1)
+                if any(f >= 0 for f in self._frames)
+                else None
+            ),
         )
