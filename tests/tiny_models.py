@@ -52,15 +52,6 @@ from transformers.models.internvl.configuration_internvl import InternVLVisionCo
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 __all__ = [
-    "QWEN_FAMILIES",
-    "VIDEO_FAMILIES",
-    "VIDEO_TOKEN_ID",
-    "VISION_END_ID",
-    "VISION_START_ID",
-    "tiny_llava_onevision",
-    "tiny_qwen2_5_vl",
-    "tiny_qwen2_vl",
-    "tiny_qwen3_vl",
     "BOS_ID",
     "EOS_ID",
     "FAMILIES",
@@ -69,6 +60,11 @@ __all__ = [
     "IMG_START_ID",
     "LLAVA_NEXT_PINPOINTS",
     "PAD_ID",
+    "QWEN_FAMILIES",
+    "VIDEO_FAMILIES",
+    "VIDEO_TOKEN_ID",
+    "VISION_END_ID",
+    "VISION_START_ID",
     "VOCAB_SIZE",
     "TinyBatch",
     "make_batch",
@@ -77,7 +73,11 @@ __all__ = [
     "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
+    "tiny_llava_onevision",
     "tiny_model",
+    "tiny_qwen2_5_vl",
+    "tiny_qwen2_vl",
+    "tiny_qwen3_vl",
 ]
 
 VOCAB_SIZE = 128
@@ -491,10 +491,10 @@ def _video_family_batch(
         vision = model.config.vision_config
         merge2 = vision.spatial_merge_size**2
         patch_width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    prompts, types, counts, sizes = [], [], [], []
+    prompts, counts, sizes = [], [], []
     image_grids, video_grids, image_sizes, video_frames, tiles = [], [], [], [], []
     for sample in visuals:
-        ids, kinds = [BOS_ID, *text()], []
+        ids = [BOS_ID, *text()]
         count = 0
         n_images = sum(len(v) == 2 for v in sample)
         for visual in sample:
