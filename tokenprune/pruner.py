@@ -13,6 +13,7 @@ from tokenprune.errors import CueError, SpecError
 from tokenprune.registry import Recipe, get_registry
 from tokenprune.selection import Keep, Selection, resolve_keep
 from tokenprune.spec import StageSpec, parse_spec
+from tokenprune.stage_checks import check_scores, check_selection, is_trusted
 from tokenprune.strategies.base import Score, Selector, Stage, Transform
 
 __all__ = ["Pruner", "pruner"]
@@ -104,13 +105,16 @@ class Pruner:
             if self.selector.uses_budget
             else torch.zeros(cues.batch_size, dtype=torch.long, device=cues.device)
         )
-        scores = _as_compute(self.score(cues))
-        _check_scores(self.score.name, scores, cues)
+        scores = self.score(cues)
+        _check_scores("score", self.score, scores, cues)
+        scores = _as_compute(scores)
         for t in self.transforms:
             scores = t(scores, cues)
-            _check_scores(t.name, scores, cues)
+            _check_scores("transform", t, scores, cues)
         scores = scores.masked_fill(~valid, float("-inf"))
-        return self.selector(scores, cues, budget)
+        selection = self.selector(scores, cues, budget)
+        check_selection(self.selector, selection, valid, budget if self.selector.uses_budget else None)
+        return selection
 
 
 def _as_compute(scores: Tensor) -> Tensor:
@@ -146,11 +150,14 @@ def _check_finite(name: str, value: Tensor, valid: Tensor) -> None:
         )
 
 
-def _check_scores(stage: str, scores: Tensor, cues: Cues) -> None:
+def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues) -> None:
     expected = (cues.batch_size, cues.num_tokens)
+    if not is_trusted(stage):
+        check_scores(kind, stage, scores, expected, cues.layout.valid)
+        return
     if tuple(scores.shape) != expected:
-        raise CueError(f"scores from '{stage}': expected shape {expected}, got {tuple(scores.shape)}")
-    _check_finite(f"scores from '{stage}'", scores, cues.layout.valid)
+        raise CueError(f"scores from '{stage.name}': expected shape {expected}, got {tuple(scores.shape)}")
+    _check_finite(f"scores from '{stage.name}'", scores, cues.layout.valid)
 
 
 # --------------------------------------------------------------------------- building

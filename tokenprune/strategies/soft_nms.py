@@ -14,6 +14,7 @@ kept token. Its step function is compiled once with dynamic shapes.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from tokenprune.compile import maybe_compiled
 from tokenprune.cues import Cues
 from tokenprune.errors import CueError, SpecError
 from tokenprune.selection import Selection
+from tokenprune.stage_checks import CheckedDecay, is_trusted
 from tokenprune.strategies.base import Decay, DecayContext, Selector
 from tokenprune.strategies.grid import (
     CellGrid,
@@ -293,6 +295,11 @@ class SoftNMS(Selector):
             if not isinstance(d, Decay):
                 raise SpecError(f"soft_nms decays: expected tokenprune Decay terms, got {d!r}")
 
+    @functools.cached_property
+    def _checked_decays(self) -> tuple[Decay, ...]:
+        # A plugin's factors are checked as they are made (built once: dynamo guards on them).
+        return tuple(d if is_trusted(d) else CheckedDecay(d) for d in self.decays)
+
     def all_requires(self) -> frozenset[str]:
         out = self.requires
         for d in self.decays:
@@ -335,13 +342,13 @@ class SoftNMS(Selector):
             if across is not None:
                 frame_distance = torch.cat([distance2.new_zeros(offsets.shape[0]), frame_distance])
             run = _window_steps
-            args = (grid, offsets.to(scores.device), distance2, keys, inv, self.decays, across, frame_distance)
+            args = (grid, offsets.to(scores.device), distance2, keys, inv, self._checked_decays, across, frame_distance)
         else:
             positions = torch.nan_to_num(layout.positions).to(dtype)
             regions = torch.where(layout.placed, layout.regions, -1)
             if across is not None:
                 frame_distance = torch.cat([positions.new_zeros(layout.num_tokens), frame_distance])
-            run, args = _dense_steps, (positions, regions, keys, inv, self.decays, across, frame_distance)
+            run, args = _dense_steps, (positions, regions, keys, inv, self._checked_decays, across, frame_distance)
         taken = torch.zeros_like(layout.valid)
         remaining = budget.clone()
         kept = []
