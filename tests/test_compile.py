@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -84,3 +85,22 @@ def test_eager_and_compiled_select_the_same_tokens():
         compiled = pruner(cues)
     assert torch.equal(eager.indices, compiled.indices)
     torch.testing.assert_close(eager.scores, compiled.scores)
+
+
+def test_a_long_compile_error_is_summarised_with_a_pointer_to_the_full_log():
+    run = maybe_compiled(lambda x: x + 1)
+    log = "FATAL first line\n" + "gcc: cc1plus output line\n" * 20_000  # ~500 KB, like a build log
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(log)
+
+    run.compiled = broken
+    with compile_mode(True), pytest.warns(RuntimeWarning) as caught:
+        run(torch.ones(2))
+    message = str(caught[0].message)
+    assert len(message) < 600
+    assert "RuntimeError: FATAL first line" in message
+    path = message.split("full error in ")[1].split("]")[0]
+    with open(path, encoding="utf-8") as saved:
+        assert saved.read() == f"RuntimeError: {log}"
+    os.remove(path)

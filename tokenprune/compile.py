@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -82,7 +83,7 @@ def maybe_compiled(fn: F) -> F:
             failed.add(device)
             warnings.warn(
                 f"tokenprune: torch.compile of {fn.__name__} failed on {device} "
-                f"({type(exc).__name__}: {exc}); running it eagerly there from now on",
+                f"({_summary(exc)}); running it eagerly there from now on",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -91,3 +92,25 @@ def maybe_compiled(fn: F) -> F:
     run.eager = fn  # type: ignore[attr-defined]
     run.compiled = compiled  # type: ignore[attr-defined]
     return run  # type: ignore[return-value]
+
+
+#: Most characters of a compile error that the warning quotes.
+SUMMARY_CHARS = 300
+
+
+def _summary(exc: Exception) -> str:
+    """The error's type and first lines, and where its full text was written: compiler
+    errors embed whole build logs (hundreds of KB), too much for a warning."""
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) <= SUMMARY_CHARS and text.count("\n") < 3:
+        return text
+    head = "\n".join(text.splitlines()[:3])[:SUMMARY_CHARS]
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="tokenprune-compile-", suffix=".log", delete=False, encoding="utf-8"
+        ) as log:
+            log.write(text)
+        where = f"full error in {log.name}"
+    except OSError:
+        where = "full error not saved: the temporary directory is not writable"
+    return f"{head} ... [{len(text)} characters; {where}]"

@@ -128,12 +128,30 @@ def test_gaussian_reproduces_the_authors_grid():
 def test_avg_pool_matches_reference(data):
     layout = data.draw(layouts())
     scores = data.draw(scores_for(layout))
-    size = data.draw(st.sampled_from([1, 3, 5]))
+    size = data.draw(st.sampled_from([1, 3, 5, 41]))  # 41: wider than any drawn region (capped)
     got = AvgPool(size)(scores, Cues(layout))
     for b in range(layout.batch_size):
         expected = ref_avg_pool(scores[b].tolist(), tokens_of(layout, b), size)
         valid = layout.valid[b]
         torch.testing.assert_close(got[b][valid], torch.tensor(expected, dtype=torch.float64)[valid])
+
+
+def test_avg_pool_wider_than_every_region_is_the_region_mean():
+    # size=10001 would look up 10^8 offsets per token; capped at the longest region side
+    # it is the mean of each token's whole region, computed in a blink.
+    layout = Layout.regions_of([(24, 24), (5, 9)], batch=2)
+    scores = torch.rand(2, layout.num_tokens, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pooled = AvgPool(10001)(scores, Cues(layout))
+    for region in (0, 1):
+        inside = layout.regions == region
+        expected = (scores * inside).sum(1, keepdim=True) / inside.sum(1, keepdim=True)
+        torch.testing.assert_close(pooled[inside], expected.expand_as(scores)[inside])
+
+
+def test_avg_pool_on_an_empty_batch():
+    layout = Layout.grid(4, 4, batch=2)[0:0]
+    selection = tokenprune.pruner("avg_pool", keep=3)(Cues(layout, attention=torch.rand(0, 16)))
+    assert selection.mask.shape == (0, 16)
 
 
 @given(data=st.data())

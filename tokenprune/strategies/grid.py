@@ -104,7 +104,7 @@ def lookup(grid: CellGrid, tokens: Tensor, offsets: Tensor) -> Tensor:
     inside = (cell >= 0) & (r >= 0) & (r < height) & (c >= 0) & (c < width)
     scratch = grid.table.shape[1] - 1
     target = torch.where(inside, cell + dr * width + dc, scratch)
-    return torch.gather(grid.table, 1, target.flatten(1)).view(b, m, -1)
+    return torch.gather(grid.table, 1, target.flatten(1)).view(b, m, offsets.shape[0])
 
 
 def neighbors(layout: Layout, offsets: Tensor, chunk: int = 2048) -> Tensor:

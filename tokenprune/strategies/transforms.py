@@ -70,6 +70,16 @@ class Gaussian(Transform):
         return scores * gaussian_map(cues.layout, self.sigma).to(scores.dtype)
 
 
+def _useful_size(size: int, region_shapes: Tensor) -> int:
+    """``size``, capped where a larger square adds no offset that stays inside a region.
+
+    An offset longer than a region's longest side leaves it, so the cap changes no
+    result; it keeps ``size=10001`` from building a 10^8-offset window per token.
+    """
+    side = int(region_shapes.max()) if region_shapes.numel() else 1
+    return min(size, 2 * max(side, 1) - 1)
+
+
 @dataclass(frozen=True, repr=False)
 class AvgPool(Transform):
     """``size x size`` stride-1 average of scores inside each region.
@@ -86,7 +96,8 @@ class AvgPool(Transform):
             raise SpecError(f"avg_pool size: expected an odd int >= 1, got {self.size!r}")
 
     def __call__(self, scores: Tensor, cues: Cues) -> Tensor:
-        nbr = neighbors(cues.layout, square_offsets(self.size))  # (B, N, W)
+        size = _useful_size(self.size, cues.layout.region_shapes)
+        nbr = neighbors(cues.layout, square_offsets(size))  # (B, N, W)
         present = nbr >= 0
         values = torch.gather(scores, 1, nbr.clamp(min=0).flatten(1)).view_as(nbr)
         total = torch.where(present, values, torch.zeros_like(values)).sum(-1)
