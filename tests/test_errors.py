@@ -225,3 +225,44 @@ def test_soft_nms_misspelt_argument_suggests_the_right_one():
 def test_spec_value_that_is_not_a_literal_of_hashable_keys():
     with pytest.raises(SpecError, match="value of 'x' must be a literal"):
         tokenprune.pruner("attention | top_k(x={[1]: 2})", keep=1)
+
+
+@pytest.mark.parametrize("decay", ["spatial", "similarity"])
+def test_a_decay_sigma_whose_square_overflows_names_it(decay):
+    # 2 * sigma**2 overflows a float: a SpecError naming the decay, not an OverflowError.
+    with pytest.raises(SpecError, match=rf"{decay} sigma: expected a positive finite number <= 1e\+150, got 1e\+300"):
+        tokenprune.pruner(f"attention | soft_nms({decay}=1e300)", keep=3)
+
+
+def test_a_repeated_keyword_in_a_spec_string_is_refused():
+    with pytest.raises(SpecError, match=r"spec: stage 1 'soft_nms\(radius=5, radius=3\)': expected each keyword once, got 'radius' twice"):
+        tokenprune.pruner("attention | soft_nms(radius=5, radius=3)", keep=3)
+    with pytest.raises(SpecError, match=r"radius: expected once, got it both in the spec 'adaptprune\(radius=5\)' and as a keyword"):
+        tokenprune.pruner("adaptprune(radius=5)", keep=3, radius=3)
+
+
+def test_a_tiny_gaussian_sigma_keeps_the_centre_only():
+    # sigma=1e-300: the exact factor is 1 at the centre cells and underflows to 0 elsewhere
+    # (it used to turn a rounding error into exp(+huge) = inf and fail naming no argument).
+    from tokenprune.strategies.transforms import gaussian_map
+
+    for h, w in [(4, 4), (5, 7), (24, 24)]:
+        factor = gaussian_map(Layout.grid(h, w), sigma=1e-300).view(h, w)
+        centre = torch.zeros(h, w, dtype=torch.bool)
+        centre[(h - 1) // 2 : h // 2 + 1, (w - 1) // 2 : w // 2 + 1] = True
+        assert torch.equal(factor, centre.to(factor.dtype))
+    selection = tokenprune.pruner("attention | gaussian(sigma=1e-300) | top_k", keep=4)(
+        Cues(Layout.grid(4, 4), attention=torch.rand(1, 16))
+    )
+    assert selection.indices.tolist() == [[5, 6, 9, 10]]
+
+
+def test_numpy_integers_index_a_batch():
+    np = pytest.importorskip("numpy")
+    layout = Layout.grid(2, 2, batch=3)
+    selection = tokenprune.pruner("fastv", keep=1)(Cues(layout, attention=torch.rand(3, 4)))
+    for index in (np.int64(1), np.int32(-2), torch.tensor(1)):
+        assert torch.equal(selection[index].mask, selection[1].mask)
+        assert torch.equal(layout[index].valid, layout[1].valid)
+    with pytest.raises(TypeError, match="index: expected an int or a slice, got float64"):
+        selection[np.float64(1)]

@@ -139,6 +139,9 @@ def _plugin(result):
         ([object()], "expected Strategy or Recipe entries or stage classes"),
         ([tokenprune.Score], "stage class Score needs a class attribute name"),
         (RuntimeError("boom"), "its tokenprune_strategies hook raised RuntimeError: boom"),
+        ([tokenprune.Recipe("x", "attention | top_kk", "d")], r"recipe 'x': expected a spec that builds, got 'attention \| top_kk' \(.*unknown selector 'top_kk'"),
+        ([tokenprune.Recipe("x", "attention | soft_nms(radius=-1)", "d")], "recipe 'x': .*soft_nms radius: expected a positive"),
+        ([tokenprune.Recipe("x", "attention |", "d")], "recipe 'x': .*stage 1 .* is empty"),
     ],
 )
 def test_malformed_plugins_raise_plugin_error_naming_the_plugin(result, match):
@@ -146,6 +149,7 @@ def test_malformed_plugins_raise_plugin_error_naming_the_plugin(result, match):
         tokenprune.register_plugin(_plugin(result), name="broken")
     assert "broken" not in {name for name, _ in get_registry().manager.list_name_plugin()}
     assert "top_k" in tokenprune.available("selector")
+    assert "x" not in tokenprune.available("recipe")
 
 
 class _EntryPoint:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -256,6 +257,13 @@ def _check_writable_dir(option: str, path: Path) -> None:
         raise UsageError(f"{option}: expected a directory we can create, got {str(path)!r} ({str(parent)!r} is a file)")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{option}: expected a directory we can create or write, got {str(path)!r} ({str(parent)!r} is not writable)")
+    # Permission bits do not tell everything (root, read-only mounts, /proc): try it.
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option}: expected a directory we can create or write, got {str(path)!r} ({exc.strerror or exc})") from None
 
 
 def _check_writable_file(option: str, path: Path) -> None:
@@ -266,6 +274,14 @@ def _check_writable_file(option: str, path: Path) -> None:
         raise UsageError(f"{option}: expected a file in an existing directory, got {str(path)!r} ({str(parent)!r} does not exist)")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UsageError(f"{option}: expected a writable file, got {str(path)!r} (permission denied)")
+    existed = path.exists()
+    try:  # permission bits do not tell everything (root, read-only mounts): try it
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise UsageError(f"{option}: expected a writable file, got {str(path)!r} ({exc.strerror or exc})") from None
 
 
 def _existing_ancestor(path: Path) -> Path:

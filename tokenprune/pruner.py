@@ -204,6 +204,11 @@ def _from_string(spec: str, keep: Keep | None, overrides: dict[str, object]) -> 
         assert isinstance(recipe, Recipe)
         name = recipe.name
         recipe_stages = parse_spec(recipe.spec)
+        twice = sorted(stages[0].kwargs.keys() & overrides.keys())
+        if twice:
+            raise SpecError(
+                f"{twice[0]}: expected once, got it both in the spec {spec!r} and as a keyword argument"
+            )
         stages = _apply_overrides(recipe_stages, {**stages[0].kwargs, **overrides}, registry)
     elif overrides:
         stages = _apply_overrides(stages, overrides, registry)

@@ -223,7 +223,8 @@ def _load_entry_points(manager: pluggy.PluginManager) -> None:
         manager.register(plugin, name=name)
 
 
-_lock = threading.Lock()
+# Re-entrant: checking the recipes builds pruners, which read the registry being built.
+_lock = threading.RLock()
 _registry: Registry | None = None
 _extra_plugins: list[tuple[object, str]] = []
 
@@ -248,7 +249,27 @@ def get_registry() -> Registry:
     with _lock:
         if _registry is None:
             _registry = _build()
+            try:
+                _check_recipes(_registry)
+            except BaseException:
+                _registry = None
+                raise
         return _registry
+
+
+def _check_recipes(registry: Registry) -> None:
+    """Build every recipe once, so that one whose spec names an unknown stage or a bad
+    argument is refused when its plugin registers, not listed and broken on first use."""
+    from tokenprune.pruner import pruner
+
+    for recipe in registry.entries("recipe"):
+        try:
+            pruner(recipe.name, keep=1.0)
+        except SpecError as exc:
+            raise PluginError(
+                f"plugin '{recipe.plugin}': recipe '{recipe.name}': expected a spec that builds, "
+                f"got {recipe.spec!r} ({exc})"
+            ) from None
 
 
 def reload() -> Registry:

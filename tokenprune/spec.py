@@ -24,7 +24,8 @@ def parse_spec(spec: str) -> list[StageSpec]:
     Values are Python literals (numbers, strings, None, True/False, tuples, lists).
 
     Raises:
-        SpecError: empty stages, positional arguments, non-literal values, bad syntax.
+        SpecError: empty stages, positional arguments, repeated keywords, non-literal
+            values, bad syntax.
     """
     if not isinstance(spec, str):
         raise SpecError(f"spec: expected a string, got {type(spec).__name__}")
@@ -52,6 +53,10 @@ def parse_spec(spec: str) -> list[StageSpec]:
         for kw in node.keywords:
             if kw.arg is None:
                 raise SpecError(f"spec: stage {i} {text!r}: '**' is not supported")
+            if kw.arg in kwargs:
+                raise SpecError(
+                    f"spec: stage {i} {text!r}: expected each keyword once, got {kw.arg!r} twice"
+                )
             try:
                 kwargs[kw.arg] = ast.literal_eval(kw.value)
             except (ValueError, TypeError):  # TypeError: an unhashable dict key, {[1]: 2}

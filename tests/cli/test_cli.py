@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,4 +179,26 @@ def test_user_mistakes_print_one_line_and_exit_2(tmp_path, argv, needle):
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("tokenprune"), err
     assert "Traceback" not in err
+    assert needle in err, err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (unwritable even for root)")
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["demo", "--out", "/proc/tokenprune-test/out"], "--out: expected a directory we can create or write, got '/proc/tokenprune-test/out'"),
+        (["select", "{good}", "--out", "/proc/self/s.json"], "--out: expected a writable file, got '/proc/self/s.json'"),
+    ],
+)
+def test_an_unwritable_out_fails_before_the_work(tmp_path, monkeypatch, argv, needle):
+    # Permission bits allow these paths to root; only trying to write tells.
+    from tokenprune import demo
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before --out was checked")
+
+    monkeypatch.setattr(demo, "run", no_work)
+    files = {name: str(path) for name, path in _bad_files(tmp_path).items()}
+    status, _out, err = run(*[a.format(**files) for a in argv])
+    assert status == 2, err
     assert needle in err, err

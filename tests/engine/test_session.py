@@ -141,6 +141,21 @@ def test_layer_out_of_range(llava, layer):
         pass
 
 
+def test_numpy_and_tensor_integer_layers_are_ints(llava, batches):
+    np = pytest.importorskip("numpy")
+    for layer in (np.int64(2), np.int32(2), torch.tensor(2)):
+        with tokenprune.prune(llava, "fastv", keep=0.1, layer=layer) as run, torch.no_grad():
+            llava(**batches["llava"].inputs)
+        assert run.layer == 2 and type(run.layer) is int
+        assert run.selection.counts.tolist() == [57, 115]
+
+
+@pytest.mark.parametrize("generator", [123, "seed", torch.Generator().manual_seed(0).get_state()])
+def test_a_generator_that_is_not_one_is_refused_when_the_block_is_built(llava, generator):
+    with pytest.raises(SpecError, match=r"generator: expected a torch.Generator or None, got"):
+        tokenprune.prune(llava, "random", keep=0.1, generator=generator)
+
+
 def test_attention_pruner_at_layer_zero(llava):
     with (
         pytest.raises(CueError, match="attention.*layer=0"),

@@ -34,6 +34,7 @@ from transformers.cache_utils import StaticLayer
 from transformers.masking_utils import create_causal_mask
 
 from tokenprune import adapters
+from tokenprune._values import is_int
 from tokenprune.adapters.inputs import input_ids_of
 from tokenprune.cues import ATTENTION_CUES, CUE_NAMES, Cues
 from tokenprune.engine.anatomy import TextStack, text_stack
@@ -447,7 +448,7 @@ def _resolve(spec: str | Pruner, keep: Keep | None) -> Pruner:
 def _check(stack: TextStack, pruner: Pruner, k: int) -> None:
     """Refuse a ``layer`` / pruner pair this language model cannot run."""
     requires = pruner.requires
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < stack.num_layers:
+    if not is_int(k) or not 0 <= int(k) < stack.num_layers:
         raise SpecError(
             f"layer: expected an int in [0, {stack.num_layers - 1}] (the first of the "
             f"model's {stack.num_layers} decoder layers to see only the kept tokens), got {k!r}"
@@ -510,7 +511,8 @@ def prune(
         block's selections.
 
     Raises:
-        SpecError: bad ``pruner`` / ``keep``, or ``layer`` out of range.
+        SpecError: bad ``pruner`` / ``keep``, ``layer`` out of range, or a ``generator``
+            that is not a ``torch.Generator``.
         CueError: the pruner needs a cue this model / layer cannot give.
         UnsupportedModelError: no adapter for the model, or a language model the engine
             cannot hook.
@@ -530,7 +532,9 @@ class PruneBlock:
     ) -> None:
         adapters.adapter_for(model)
         _check(text_stack(model), pruner, layer)
-        self.model, self.pruner, self.layer, self.generator = model, pruner, layer, generator
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise SpecError(f"generator: expected a torch.Generator or None, got {generator!r}")
+        self.model, self.pruner, self.layer, self.generator = model, pruner, int(layer), generator
         self._run: PruneRun | None = None
 
     def __enter__(self) -> PruneRun:

@@ -39,9 +39,14 @@ from tokenprune.strategies.grid import (
 __all__ = ["SimilarityDecay", "SoftNMS", "SpatialDecay", "TemporalDecay", "key_inv_norm"]
 
 
-def _check_sigma(arg: str, sigma: object) -> None:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (sigma > 0 and math.isfinite(sigma)):
-        raise SpecError(f"{arg}: expected a positive finite number, got {sigma!r}")
+#: Largest decay sigma: ``2 * sigma**2`` must stay a finite float (1e150 is no decay at all).
+MAX_SIGMA = 1e150
+
+
+def _check_sigma(arg: str, sigma: object, maximum: float = math.inf) -> None:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (0 < sigma <= maximum and math.isfinite(sigma)):
+        bound = "" if maximum == math.inf else f" <= {maximum:g}"
+        raise SpecError(f"{arg}: expected a positive finite number{bound}, got {sigma!r}")
 
 
 @dataclass(frozen=True, repr=False)
@@ -52,7 +57,7 @@ class SpatialDecay(Decay):
     name = "spatial"
 
     def __post_init__(self) -> None:
-        _check_sigma("spatial sigma", self.sigma)
+        _check_sigma("spatial sigma", self.sigma, MAX_SIGMA)
 
     def __call__(self, ctx: DecayContext) -> Tensor:
         return torch.exp(-ctx.distance2 / (2.0 * self.sigma**2))
@@ -67,7 +72,7 @@ class SimilarityDecay(Decay):
     requires = frozenset({"keys"})
 
     def __post_init__(self) -> None:
-        _check_sigma("similarity sigma", self.sigma)
+        _check_sigma("similarity sigma", self.sigma, MAX_SIGMA)
 
     def __call__(self, ctx: DecayContext) -> Tensor:
         keys, inv = ctx.keys, ctx.key_inv_norm

@@ -47,7 +47,9 @@ def gaussian_map(layout: Layout, sigma: float | None = None) -> Tensor:
     else:
         sy = sx = torch.full_like(y, float(sigma))
     sy, sx = sy.clamp(min=1e-12), sx.clamp(min=1e-12)
-    exponent = (y**2 - y0**2) / (2 * sy**2) + (x**2 - x0**2) / (2 * sx**2)
+    # y^2 >= y0^2 exactly; clamping the rounding error keeps a tiny sigma from turning
+    # -1e-17 / sigma^2 into exp(+huge) = inf (the centre's factor is 1, others -> 0).
+    exponent = ((y**2 - y0**2) / (2 * sy**2)).clamp(min=0) + ((x**2 - x0**2) / (2 * sx**2)).clamp(min=0)
     factor = torch.exp(-exponent)
     return torch.where(layout.placed, factor, torch.ones_like(factor))
 
