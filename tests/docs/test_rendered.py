@@ -175,6 +175,18 @@ def test_the_api_reference_documents_each_object_once(site):
     assert {"tokenprune.pruner.pruner", "tokenprune.Pruner", "tokenprune.prune", "tokenprune.Layout"} <= set(names)
 
 
+#: About 117 monospace characters fit in a code block at 1280 px (what test_browser.py
+#: measures in Chromium); a few less leave room for font differences.
+CODE_COLUMNS = 114
+
+
+def test_code_lines_fit_the_page(site):
+    for path in pages(site):
+        for pre in content(path).iter("pre"):
+            for line in pre.text().splitlines():
+                assert len(line) <= CODE_COLUMNS, f"{path}: {len(line)} columns: {line!r}"
+
+
 def test_every_picture_opens_at_full_size_on_a_click(site):
     pictures = 0
     for path in pages(site):

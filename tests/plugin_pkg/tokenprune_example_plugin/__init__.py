@@ -34,5 +34,7 @@ def tokenprune_strategies():
     # The class is the entry: name, kind (a Transform) and description come from it.
     return [
         Power,
-        tokenprune.Recipe("sharp_fastv", "attention | power(exponent=2.0) | top_k", "FastV on squared attention"),
+        tokenprune.Recipe(
+            "sharp_fastv", "attention | power(exponent=2.0) | top_k", "FastV on squared attention"
+        ),
     ]
