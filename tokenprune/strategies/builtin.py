@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from tokenprune.hookspecs import hookimpl
 from tokenprune.registry import Recipe, stages_in
-from tokenprune.strategies import scores, selectors, soft_nms, transforms
+from tokenprune.strategies import (
+    dart,
+    divprune,
+    dpp,
+    scores,
+    selectors,
+    soft_nms,
+    transforms,
+)
 
-MODULES = (scores, transforms, selectors, soft_nms)
+MODULES = (scores, transforms, selectors, soft_nms, divprune, dpp, dart)
 
 RECIPES = [
     Recipe("fastv", "attention | top_k", "FastV: top-k attention (Table 4 (a))"),
@@ -38,6 +46,9 @@ RECIPES = [
     Recipe("avg_pool", "attention | avg_pool | top_k", "Table 5 (f): 3x3 average-pooled attention, then top-k"),
     Recipe("last", "last | top_k", "Table 5 (g): the last tokens of the image sequence"),
     Recipe("vtw", "attention | vtw", "VTW: drop every visual token from the pruning layer on"),
+    Recipe("divprune", "uniform | divprune", "DivPrune: the most diverse tokens (max-min cosine distance)"),
+    Recipe("dart", "key_norm | dart(pivots=8)", "DART: pivots by key L1 norm, then the tokens least duplicated with them"),
+    Recipe("sparsevlm", "text_attention | top_k", "SparseVLM-style text guidance: top-k attention of the text tokens"),
 ]
 
 

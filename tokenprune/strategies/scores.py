@@ -10,7 +10,15 @@ from torch import Tensor
 from tokenprune.cues import Cues
 from tokenprune.strategies.base import Score
 
-__all__ = ["AttentionScore", "FitPruneScore", "LastScore", "NormScore", "RandomScore"]
+__all__ = [
+    "AttentionScore",
+    "FitPruneScore",
+    "LastScore",
+    "NormScore",
+    "RandomScore",
+    "TextAttentionScore",
+    "UniformScore",
+]
 
 
 @dataclass(frozen=True, repr=False)
@@ -71,3 +79,28 @@ class FitPruneScore(Score):
         image = cues.require("self_attention", self.name)
         dtype = torch.promote_types(torch.promote_types(text.dtype, image.dtype), torch.float32)
         return text.to(dtype) * image.to(dtype)
+
+
+@dataclass(frozen=True, repr=False)
+class UniformScore(Score):
+    """Every candidate scores 1: for selectors that choose by their own criterion (``divprune``)."""
+
+    name = "uniform"
+
+    def __call__(self, cues: Cues) -> Tensor:
+        return torch.ones(cues.batch_size, cues.num_tokens, device=cues.device)
+
+
+@dataclass(frozen=True, repr=False)
+class TextAttentionScore(Score):
+    """SparseVLM-style text guidance: attention of the text tokens to each candidate.
+
+    The ``text_attention`` cue: post-softmax attention at the layer before pruning, mean
+    over heads and over the prompt's text tokens (not only the last one, as ``attention``).
+    """
+
+    name = "text_attention"
+    requires = frozenset({"text_attention"})
+
+    def __call__(self, cues: Cues) -> Tensor:
+        return cues.require("text_attention", self.name)
