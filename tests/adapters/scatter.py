@@ -77,9 +77,11 @@ def _hooks(model: Any, channels: list[int]) -> Iterator[None]:
                 newline.copy_(saved)
 
 
-def landed_codes(model: Any, inputs: dict[str, Tensor], channels: list[int]) -> list[Tensor]:
+def landed_codes(
+    model: Any, inputs: dict[str, Tensor], channels: list[int], mask: Tensor | None = None
+) -> list[Tensor]:
     """Per sample, ``(N_b, len(channels))``: the codes the model put at its image
-    placeholders, in sequence order.
+    placeholders (or at the positions of ``mask (B, L)``), in sequence order.
 
     Args:
         channels: which channels of the projector's input to pass through (for InternVL,
@@ -92,5 +94,6 @@ def landed_codes(model: Any, inputs: dict[str, Tensor], channels: list[int]) -> 
         embeds = stop.embeds
     else:
         raise AssertionError("the language model was never called")
-    mask = inputs["input_ids"] == model.config.image_token_id
+    if mask is None:
+        mask = inputs["input_ids"] == model.config.image_token_id
     return [embeds[b][mask[b], : len(channels)] for b in range(embeds.shape[0])]
