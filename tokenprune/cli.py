@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="depth of the random Llama text model (default: %(default)s)")
     demo.add_argument("--hidden", type=int, default=512, metavar="H",
                       help="width of the random Llama text model, a multiple of 8 (default: %(default)s)")
+    demo.add_argument("--model", choices=("llava", "qwen2_5_vl"), default="llava",
+                      help="llava: LLaVA-1.5's geometry; qwen2_5_vl: Qwen2.5-VL-7B's (392 px image, "
+                      "28x28 patches, 2x2 merge: 196 visual tokens, M-RoPE) (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_demo)
 
@@ -191,9 +194,11 @@ def _demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         repeats=args.repeats,
         text_layers=args.text_layers,
         hidden=args.hidden,
+        model=args.model,
     )
     _check_writable_dir("--out", args.out)  # before minutes of work, not after
-    print(f"tokenprune demo: random-weight LLaVA-1.5 geometry, keep={config.keep}, layer={config.layer}, "
+    geometry = "Qwen2.5-VL-7B" if config.model == "qwen2_5_vl" else "LLaVA-1.5"
+    print(f"tokenprune demo: random-weight {geometry} geometry, keep={config.keep}, layer={config.layer}, "
           f"{config.text_layers} text layers of width {config.hidden}", file=stdout, flush=True)
     results, image = demo.run(config, progress=_progress(not args.no_progress, stderr))
     table = demo.format_table(results)

@@ -4,6 +4,8 @@ Offline and CPU-only. The model has LLaVA-1.5's geometry (CLIP vision tower at 3
 14 px patches: 576 visual tokens on a 24 x 24 grid, a Llama text model) but tiny, random
 weights, so its attention carries no meaning: the demo shows the mechanics (which tokens a
 recipe keeps, how the prefill and the KV cache shrink), not the quality of the choices.
+``model="qwen2_5_vl"`` runs a Qwen2.5-VL-7B-shaped model instead (a 392 px image in 28 x 28
+patches of 14 px, window attention, 2 x 2 merge: 196 tokens on a 14 x 14 grid, M-RoPE).
 
     >>> from tokenprune import demo
     >>> results = demo.run(demo.DemoConfig(recipes=("fastv",), repeats=1, new_tokens=2,
@@ -35,15 +37,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_RECIPES",
+    "MODELS",
     "NOTICE",
     "DemoConfig",
     "Result",
     "build_inputs",
     "build_model",
     "build_processor",
+    "build_qwen2_5_vl",
     "format_table",
+    "image_size",
     "pixel_values_of",
+    "qwen_pixel_values_of",
     "run",
+    "visual_tokens",
     "write_pictures",
 ]
 
@@ -58,10 +65,17 @@ NOTICE = (
 
 IMAGE_SIZE, PATCH_SIZE = 336, 14
 VISUAL_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 576
+#: The demo's models; ``qwen2_5_vl``: Qwen2.5-VL-7B's 28 x 28 patch grid of a 392 px image.
+MODELS = ("llava", "qwen2_5_vl")
+QWEN_PATCHES, QWEN_MERGE = 28, 2
+QWEN_IMAGE_SIZE = QWEN_PATCHES * PATCH_SIZE  # 392
+QWEN_VISUAL_TOKENS = (QWEN_PATCHES // QWEN_MERGE) ** 2  # 196
 #: CLIP's normalisation, as the LLaVA-1.5 image processor applies it.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB_SIZE, PAD_ID, BOS_ID, EOS_ID, IMAGE_TOKEN_ID = 1024, 0, 1, 2, 1023
+#: Qwen-VL's video placeholder and ``<|vision_start|>`` / ``<|vision_end|>`` in the demo vocabulary.
+VIDEO_TOKEN_ID, VISION_START_ID, VISION_END_ID = 1022, 1020, 1021
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,8 @@ class DemoConfig:
         seed: seeds the weights, the prompt and random recipes.
         new_tokens: tokens ``generate()`` produces per run (greedy).
         repeats: timing rounds; each run reports its fastest prefill.
-        text_layers, hidden: depth and width of the Llama text model.
+        text_layers, hidden: depth and width of the text model.
+        model: ``"llava"`` (LLaVA-1.5's geometry) or ``"qwen2_5_vl"`` (Qwen2.5-VL-7B's).
     """
 
     keep: Keep = 0.1
@@ -86,8 +101,11 @@ class DemoConfig:
     repeats: int = 3
     text_layers: int = 8
     hidden: int = 512
+    model: str = "llava"
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise SpecError(f"model: expected one of {', '.join(MODELS)}, got {self.model!r}")
         for name in ("layer", "new_tokens", "repeats", "text_layers", "hidden"):
             value = getattr(self, name)
             low = 0 if name == "layer" else 1
@@ -110,7 +128,7 @@ class DemoConfig:
             registry.get("recipe", name)  # unknown names raise with close matches
         # Checked here, not after the unpruned run: keep's value and range, and recipes
         # whose attention cue needs a layer before the pruning layer.
-        resolve_keep(self.keep, torch.tensor([VISUAL_TOKENS]))
+        resolve_keep(self.keep, torch.tensor([visual_tokens(self.model)]))
         for name in self.recipes:
             needs = build_pruner(name, keep=self.keep).requires & ATTENTION_CUES
             if needs and self.layer == 0:
@@ -148,15 +166,28 @@ class Result:
     layout: Layout | None = field(default=None, repr=False)
 
 
+def visual_tokens(model: str) -> int:
+    """Visual tokens of the demo prompt of ``model``: 576 (LLaVA) or 196 (Qwen2.5-VL)."""
+    return QWEN_VISUAL_TOKENS if model == "qwen2_5_vl" else VISUAL_TOKENS
+
+
+def image_size(model: str) -> int:
+    """Side in pixels of the demo image of ``model``: 336 (LLaVA) or 392 (Qwen2.5-VL)."""
+    return QWEN_IMAGE_SIZE if model == "qwen2_5_vl" else IMAGE_SIZE
+
+
 # ------------------------------------------------------------------------- the model
-def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
-    """A `LlavaForConditionalGeneration` of LLaVA-1.5's geometry with random weights.
+def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512, model: str = "llava") -> Any:
+    """A `LlavaForConditionalGeneration` of LLaVA-1.5's geometry with random weights
+    (``model="qwen2_5_vl"``: see `build_qwen2_5_vl`).
 
     CLIP vision tower: 336 px, 14 px patches (24 x 24 = 576 tokens), 2 layers of width
     64; vision layer -2, CLS dropped (``"default"``), as llava-1.5. Text: a Llama model of
     ``text_layers`` layers of width ``hidden`` with 8 heads, weights drawn with std 0.1.
     Eval mode, float32.
     """
+    if model == "qwen2_5_vl":
+        return build_qwen2_5_vl(seed, text_layers, hidden)
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -197,6 +228,56 @@ def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
     )
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config).eval()
+
+
+def build_qwen2_5_vl(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
+    """A `Qwen2_5_VLForConditionalGeneration` of Qwen2.5-VL-7B's geometry, random weights.
+
+    Vision: 14 px patches, 2 frames per temporal patch, 112 px attention windows with full
+    attention in every fourth block (2 blocks of width 64 here: one window, one full), 2 x 2
+    merge. Text: a Qwen2 model of ``text_layers`` layers of width ``hidden`` with 8 heads
+    and M-RoPE (the 7B's split of the rotary frequencies over (t, h, w), 1 : 1.5 : 1.5),
+    weights drawn with std 0.1. Eval mode, float32.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    half = hidden // 8 // 2  # rotary frequencies per head
+    section = [half // 4, half * 3 // 8, half - half // 4 - half * 3 // 8]
+    text = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=text_layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        initializer_range=0.1,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section},
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        out_hidden_size=hidden,
+        patch_size=PATCH_SIZE,
+        spatial_merge_size=QWEN_MERGE,
+        window_size=112,
+        fullatt_block_indexes=[1],
+    )
+    config = Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN_ID,
+        video_token_id=VIDEO_TOKEN_ID,
+        vision_start_token_id=VISION_START_ID,
+        vision_end_token_id=VISION_END_ID,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
 #: LLaVA-1.5's conversation format: ``USER: <image>\n{question} ASSISTANT:``.
@@ -264,12 +345,41 @@ def pixel_values_of(image: PILImage.Image) -> Tensor:
     return ((pixels - mean) / std).unsqueeze(0)
 
 
-def build_inputs(image: PILImage.Image, seed: int = 0) -> dict[str, Tensor]:
+def qwen_pixel_values_of(image: PILImage.Image) -> tuple[Tensor, Tensor]:
+    """``(784, 1176)`` pixel rows and ``image_grid_thw (1, 3)`` = (1, 28, 28): ``image``
+    resized to 392 x 392, normalised with CLIP's mean and std and cut into patches by the
+    Qwen2-VL image processor's own ``patchify`` (what the Qwen2.5-VL processor does)."""
+    import numpy as np
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    rgb = image.convert("RGB").resize((QWEN_IMAGE_SIZE, QWEN_IMAGE_SIZE))
+    pixels = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    pixels = (pixels - np.array(_CLIP_MEAN, dtype=np.float32)[:, None, None]) / np.array(
+        _CLIP_STD, dtype=np.float32
+    )[:, None, None]
+    rows, grid_h, grid_w = Qwen2VLImageProcessorPil().patchify(pixels, PATCH_SIZE, QWEN_MERGE, 2)
+    return torch.from_numpy(np.ascontiguousarray(rows)), torch.tensor([[1, grid_h, grid_w]])
+
+
+def build_inputs(image: PILImage.Image, seed: int = 0, model: str = "llava") -> dict[str, Tensor]:
     """A one-sample prompt ``[BOS] system... <image> x 576 question...`` with random
-    text token ids, and the image's pixel values."""
+    text token ids, and the image's pixel values. Qwen2.5-VL: ``<|vision_start|>``, 196
+    placeholders, ``<|vision_end|>``, with ``image_grid_thw`` and ``mm_token_type_ids``
+    (which its M-RoPE positions need)."""
     generator = torch.Generator().manual_seed(seed)
     system = torch.randint(3, IMAGE_TOKEN_ID, (5,), generator=generator)
     question = torch.randint(3, IMAGE_TOKEN_ID, (10,), generator=generator)
+    if model == "qwen2_5_vl":
+        image_tokens = torch.tensor([VISION_START_ID, *[IMAGE_TOKEN_ID] * QWEN_VISUAL_TOKENS, VISION_END_ID])
+        input_ids = torch.cat([torch.tensor([BOS_ID]), system, image_tokens, question]).unsqueeze(0)
+        pixel_values, grid = qwen_pixel_values_of(image)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": (input_ids == IMAGE_TOKEN_ID).long(),
+            "pixel_values": pixel_values,
+            "image_grid_thw": grid,
+        }
     image_tokens = torch.full((VISUAL_TOKENS,), IMAGE_TOKEN_ID)
     input_ids = torch.cat([torch.tensor([BOS_ID]), system, image_tokens, question]).unsqueeze(0)
     return {
@@ -367,9 +477,10 @@ def run(
     from tokenprune.viz import synthetic_image
 
     config = config or DemoConfig()
-    model = build_model(config.seed, config.text_layers, config.hidden)
-    image = synthetic_image(IMAGE_SIZE, IMAGE_SIZE, seed=config.seed)
-    inputs = build_inputs(image, config.seed)
+    model = build_model(config.seed, config.text_layers, config.hidden, config.model)
+    side = image_size(config.model)
+    image = synthetic_image(side, side, seed=config.seed)
+    inputs = build_inputs(image, config.seed, config.model)
     names: list[str] = ["unpruned", *config.recipes]
     rounds = [f"timing round {i + 1}/{config.repeats}" for i in range(config.repeats)]
     results: dict[str, Result] = {}
