@@ -48,6 +48,11 @@ RECIPES = [
     Recipe("vtw", "attention | vtw", "VTW: drop every visual token from the pruning layer on"),
     Recipe("divprune", "uniform | divprune", "DivPrune: the most diverse tokens (max-min cosine distance)"),
     Recipe("dart", "key_norm | dart(pivots=8)", "DART: pivots by key L1 norm, then the tokens least duplicated with them"),
+    Recipe(
+        "pdrop",
+        "attention | top_k",
+        "PyramidDrop's ranking at each stage of tokenprune.schedules.pyramid(num_layers)",
+    ),
     Recipe("sparsevlm", "text_attention | top_k", "SparseVLM-style text guidance: top-k attention of the text tokens"),
 ]
 
