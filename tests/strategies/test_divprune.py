@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import tokenprune
 from tokenprune import Cues, Layout
-from tokenprune.compile import compile_mode
 
 from .draw import keep_values, layouts
 from .reference import ref_budget
@@ -52,26 +50,13 @@ def test_matches_the_greedy_algorithm_float64(data):
     layout = data.draw(layouts(max_side=6))
     hidden = _features(layout, data.draw(st.integers(0, 2**31 - 1)), 5)
     keep = data.draw(keep_values(layout))
-    with compile_mode(False):  # compiled == eager is checked once below, compiling is slow
-        selection = tokenprune.pruner("uniform | divprune", keep=keep)(Cues(layout, hidden=hidden))
+    selection = tokenprune.pruner("uniform | divprune", keep=keep)(Cues(layout, hidden=hidden))
     for b in range(layout.batch_size):
         valid = layout.valid[b].tolist()
         expected = ref_divprune(list(hidden[b]), valid, ref_budget(keep, sum(valid)))
         assert [i for i in selection.indices[b].tolist() if i >= 0] == expected
 
 
-def test_compiled_equals_eager():
-    layout = Layout.stack([Layout.grid(9, 9), Layout.grid(6, 8)])
-    hidden = torch.randn(2, 81, 32, generator=torch.Generator().manual_seed(5))
-    pruner = tokenprune.pruner("divprune", keep=0.2)
-    with compile_mode(True):
-        compiled = pruner(Cues(layout, hidden=hidden))
-    with compile_mode(False):
-        eager = pruner(Cues(layout, hidden=hidden))
-    assert torch.equal(compiled.indices, eager.indices)
-
-
-@pytest.mark.usefixtures("eager_selectors")
 def test_batch_equals_singles_and_blocks_do_not_matter(monkeypatch):
     from tokenprune.strategies import cosine
 
@@ -87,7 +72,6 @@ def test_batch_equals_singles_and_blocks_do_not_matter(monkeypatch):
     assert torch.equal(pruner(Cues(layout, hidden=hidden)).indices, batch.indices)
 
 
-@pytest.mark.usefixtures("eager_selectors")
 def test_duplicates_are_not_kept_twice():
     # Four copies of two directions: two kept tokens must be one of each.
     hidden = torch.tensor([[[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4])
@@ -96,7 +80,6 @@ def test_duplicates_are_not_kept_twice():
     assert len(set(kept)) == 2 and kept[0] < 4 <= kept[1]
 
 
-@pytest.mark.usefixtures("eager_selectors")
 def test_half_precision_hidden_states_are_compared_in_float32():
     hidden = torch.randn(1, 36, 8, generator=torch.Generator().manual_seed(0))
     layout = Layout.grid(6, 6)

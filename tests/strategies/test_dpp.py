@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 import tokenprune
 from tokenprune import CueError, Cues, Layout
-from tokenprune.compile import compile_mode
 
 from .draw import layouts
 
@@ -66,27 +65,14 @@ def test_matches_greedy_map_by_determinants_float64(data):
     smallest = int(layout.num_valid().min())
     # At most DIM tokens: the kernel has rank <= DIM, so every step has a positive gain.
     keep = data.draw(st.integers(1, min(smallest, DIM, 8)))
-    with compile_mode(False):  # compiled == eager is checked once below, compiling is slow
-        selection = _select(layout, quality, hidden, keep)
+    selection = _select(layout, quality, hidden, keep)
     for b in range(layout.batch_size):
         valid = layout.valid[b].tolist()
         expected = ref_greedy_map(quality[b].tolist(), list(hidden[b]), valid, keep)
         assert [i for i in selection.indices[b].tolist() if i >= 0] == expected
 
 
-def test_compiled_equals_eager():
-    layout = Layout.stack([Layout.grid(9, 9), Layout.grid(6, 8)])
-    g = torch.Generator().manual_seed(4)
-    hidden = torch.randn(2, 81, 32, generator=g)
-    quality = torch.rand(2, 81, generator=g)
-    with compile_mode(True):
-        compiled = _select(layout, quality, hidden, 0.2)
-    with compile_mode(False):
-        eager = _select(layout, quality, hidden, 0.2)
-    assert torch.equal(compiled.indices, eager.indices)
-
-
-def test_an_exhausted_kernel_still_keeps_k_distinct_valid_tokens(eager_selectors):
+def test_an_exhausted_kernel_still_keeps_k_distinct_valid_tokens():
     # Rank 2 features, 10 tokens to keep: after two steps every gain is ~0.
     layout = Layout.stack([Layout.grid(4, 4), Layout.grid(3, 4)])
     hidden = torch.randn(2, 16, 2, generator=torch.Generator().manual_seed(1))
@@ -98,7 +84,7 @@ def test_an_exhausted_kernel_still_keeps_k_distinct_valid_tokens(eager_selectors
         assert not torch.isnan(selection.scores[b][:n]).any()
 
 
-def test_batch_equals_singles(eager_selectors):
+def test_batch_equals_singles():
     layout = Layout.stack([Layout.grid(6, 6), Layout.grid(4, 5)])
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 36, 32, generator=g)
@@ -109,7 +95,7 @@ def test_batch_equals_singles(eager_selectors):
         assert torch.equal(batch.indices[b, : single.indices.shape[1]], single.indices[0])
 
 
-def test_negative_quality_is_refused(eager_selectors):
+def test_negative_quality_is_refused():
     cues = Cues(Layout.grid(2, 2), hidden=torch.randn(1, 4, 3))
     with pytest.raises(CueError, match="scores: dpp .* needs them >= 0"):
         tokenprune.Pruner(_Given(torch.tensor([[0.1, -0.2, 0.3, 0.4]])), (), tokenprune.pruner("uniform | dpp", keep=1).selector, keep=2)(cues)

@@ -18,7 +18,7 @@ from tokenprune.cues import Cues
 from tokenprune.selection import Selection
 from tokenprune.strategies.base import Selector
 from tokenprune.strategies.cosine import Features, features, nearest_other_distance
-from tokenprune.strategies.greedy import greedy_runner, kept_mask, run_greedy
+from tokenprune.strategies.greedy import kept_mask, run_greedy
 
 __all__ = ["DivPrune", "first_pick"]
 
@@ -55,8 +55,6 @@ def _divprune_step(state: tuple[Tensor, Tensor], x: Tensor, inv_norm: Tensor) ->
     return (torch.minimum(to_kept, distance), closed), kept
 
 
-_run = greedy_runner(_divprune_step)
-
 
 @dataclass(frozen=True, repr=False)
 class DivPrune(Selector):
@@ -78,7 +76,7 @@ class DivPrune(Selector):
         first = first_pick(nearest, partner, valid)
         to_kept = 1.0 - feats.cosine_to(first)
         closed = (~valid).scatter(1, first.unsqueeze(1), True)
-        rest, (to_kept, _) = run_greedy(_run, (to_kept, closed), (budget - 1).clamp(min=0), feats.x, feats.inv_norm)
+        rest, (to_kept, _) = run_greedy(_divprune_step, (to_kept, closed), (budget - 1).clamp(min=0), feats.x, feats.inv_norm)
         order = torch.cat([first.unsqueeze(1), rest], dim=1)
         mask = kept_mask(order, budget, cues.num_tokens)
         return Selection.from_mask(mask, to_kept.masked_fill(~valid, float("-inf")))

@@ -7,7 +7,7 @@ repeat: keep ``j = argmax d^2`` among the tokens not kept (first index on ties);
 ``e = (L_j - c_j^T C) / d_j``; append ``e`` to ``C``; ``d^2 -= e^2``. A token whose
 ``d^2`` is no longer positive (the kernel is exhausted) contributes ``e = 0``.
 
-Batched, compiled, no N x N kernel: each step computes the row ``L_j`` from the features
+Batched, no N x N kernel: each step computes the row ``L_j`` from the features
 with one matrix-vector product, and ``C`` holds ``(B, k, N)``, the k rows the method
 itself needs.
 """
@@ -24,7 +24,7 @@ from tokenprune.errors import CueError
 from tokenprune.selection import Selection
 from tokenprune.strategies.base import Selector
 from tokenprune.strategies.cosine import Features, features
-from tokenprune.strategies.greedy import greedy_runner, kept_mask, run_greedy
+from tokenprune.strategies.greedy import kept_mask, run_greedy
 
 __all__ = ["DPP"]
 
@@ -50,12 +50,10 @@ def _dpp_step(state: tuple[Tensor, Tensor, Tensor, Tensor], quality: Tensor, x: 
     gain = torch.gather(d2, 1, kept.unsqueeze(1)).clamp(min=0)
     e = torch.where(gain > 0, (kernel_row - projected) / gain.sqrt().clamp(min=1e-300), torch.zeros_like(kernel_row))
     # Samples past their budget keep writing (their state is discarded): stay in range.
-    slot = count.clamp(max=t - 1).view(b, 1, 1).expand(b, 1, n)
+    slot = count.clamp(max=max(t - 1, 0)).view(b, 1, 1).expand(b, 1, n)
     rows = rows.scatter(1, slot, e.unsqueeze(1))
     return (d2 - e * e, closed, rows, count + 1), kept
 
-
-_run = greedy_runner(_dpp_step)
 
 
 @dataclass(frozen=True, repr=False)
@@ -88,5 +86,5 @@ class DPP(Selector):
         steps = int(budget.max()) if budget.numel() else 0
         rows = quality.new_zeros(b, steps, n)
         count = torch.zeros(b, dtype=torch.long, device=scores.device)
-        order, _ = run_greedy(_run, (d2, ~valid, rows, count), budget, quality, feats.x, feats.inv_norm)
+        order, _ = run_greedy(_dpp_step, (d2, ~valid, rows, count), budget, quality, feats.x, feats.inv_norm)
         return Selection.from_mask(kept_mask(order, budget, n), scores)
