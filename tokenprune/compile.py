@@ -51,8 +51,12 @@ def compile_mode(enabled: bool):
         set_compile(previous)
 
 
-def maybe_compiled(fn: F) -> F:
+def maybe_compiled(fn: F, *, cpu_threads: int | None = None) -> F:
     """``fn`` compiled when compilation is enabled, else ``fn``.
+
+    ``cpu_threads=1`` compiles single-threaded CPU kernels: for a loop of small steps an
+    OpenMP fork and join per kernel costs more than it saves, and on a loaded machine a
+    descheduled worker stalls every step (CUDA kernels are unaffected).
 
     The compiled function is built once. Before each call the two leading dims of
     every tensor argument, also inside tuples (batch-first: B and N) are marked dynamic, so a new B or N
@@ -61,7 +65,8 @@ def maybe_compiled(fn: F) -> F:
     inductor vectorise over them. If compilation raises, the failure is reported once
     and ``fn`` runs eagerly from then on.
     """
-    compiled = torch.compile(fn, dynamic=None)
+    options = None if cpu_threads is None else {"cpp.threads": cpu_threads}
+    compiled = torch.compile(fn, dynamic=None, options=options)
     failed: set[str] = set()  # device types on which compiling failed
 
     @functools.wraps(fn)

@@ -24,6 +24,7 @@ from torch import Tensor
 from tokenprune.compile import maybe_compiled
 from tokenprune.cues import Cues
 from tokenprune.errors import CueError, SpecError
+from tokenprune.layout import Layout
 from tokenprune.selection import Selection
 from tokenprune.stage_checks import CheckedDecay, is_trusted
 from tokenprune.strategies.base import Decay, DecayContext, Selector
@@ -226,19 +227,20 @@ def _unrolled(step):
     return steps
 
 
-_window_steps = maybe_compiled(_unrolled(_window_step))
-_dense_steps = maybe_compiled(_unrolled(_dense_step))
+_window_steps = maybe_compiled(_unrolled(_window_step), cpu_threads=1)
+_dense_steps = maybe_compiled(_unrolled(_dense_step), cpu_threads=1)
 
 
-def _useful_radius(radius: float, region_shapes: Tensor) -> float:
+def _useful_radius(radius: float, largest: tuple[int, int] | None) -> float:
     """``radius``, capped where a larger disc adds no offset that stays inside a region.
 
-    Every in-region offset has length at most the largest region's diagonal, so the cap
-    changes no result; it keeps ``radius=1e6`` from building a 10^12-cell disc.
+    ``largest`` is the (height, width) of the largest region (None: no region). Every
+    in-region offset has length at most that diagonal, so the cap changes no result; it
+    keeps ``radius=1e6`` from building a 10^12-cell disc.
     """
-    if region_shapes.numel() == 0:
+    if largest is None:
         return min(radius, 1.0)
-    diagonal = math.hypot(*region_shapes.flatten(0, 1).max(0).values.tolist())
+    diagonal = math.hypot(*largest)
     return radius if radius <= diagonal else diagonal
 
 
@@ -278,6 +280,26 @@ def _build_soft_nms(cls: type[SoftNMS], radius: float | None = 5.0, **decays: ob
 
 _build_soft_nms.accepts_decays = True  # type: ignore[attr-defined]
 _DEFAULT_DECAYS = {"spatial": 1.5, "similarity": 0.05}
+
+
+@functools.lru_cache(maxsize=64)
+def _window(radius: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(W, 2)`` long offsets of the disc of ``radius`` on ``device`` and ``(W,)`` their
+    squared lengths in ``dtype``; cached, as every call with the same radius needs them."""
+    offsets = disc_offsets(radius)
+    return offsets.to(device), (offsets**2).sum(-1).to(device=device, dtype=dtype)
+
+
+def _host_facts(scores: Tensor, layout: Layout, budget: Tensor) -> tuple[int, bool, tuple[int, int] | None]:
+    """Greedy steps to run (the largest budget), whether a valid score is negative, and the
+    largest region's (height, width), in ONE device-to-host read."""
+    b = budget.shape[0]
+    steps = budget.max() if b else budget.new_zeros(())
+    negative = (scores < 0) & layout.valid
+    shapes = layout.region_shapes.flatten(0, 1)
+    largest = shapes.max(0).values if shapes.shape[0] else shapes.new_zeros(2)
+    facts = torch.cat([steps.view(1), negative.any().long().view(1), largest.to(steps.dtype)]).tolist()
+    return facts[0], bool(facts[1]), (facts[2], facts[3]) if shapes.shape[0] else None
 
 
 @dataclass(frozen=True, repr=False)
@@ -329,12 +351,12 @@ class SoftNMS(Selector):
         if "keys" in self.all_requires():
             keys = cues.require("keys", self.name)
             inv = key_inv_norm(keys, dtype)
-        if bool((scores[layout.valid] < 0).any()):
+        steps, negative, largest = _host_facts(scores, layout, budget)
+        if negative:
             raise CueError(
                 "scores: soft_nms multiplies scores by suppression factors and needs them >= 0, "
                 f"got min {float(scores[layout.valid].min()):.4g}"
             )
-        steps = int(budget.max()) if budget.numel() else 0
         grid = cell_grid(layout) if self.radius is not None else None
         across = frame_distance = None
         reach = max((d.frame_reach() for d in self.decays), default=0)
@@ -342,12 +364,11 @@ class SoftNMS(Selector):
             across = frame_neighbors(layout, grid if grid is not None else cell_grid(layout), reach)
             frame_distance = frame_offsets(reach).abs().to(device=scores.device, dtype=dtype)
         if self.radius is not None:
-            offsets = disc_offsets(_useful_radius(self.radius, layout.region_shapes))
-            distance2 = (offsets**2).sum(-1).to(device=scores.device, dtype=dtype)
+            offsets, distance2 = _window(_useful_radius(self.radius, largest), scores.device, dtype)
             if across is not None:
                 frame_distance = torch.cat([distance2.new_zeros(offsets.shape[0]), frame_distance])
             run = _window_steps
-            args = (grid, offsets.to(scores.device), distance2, keys, inv, self._checked_decays, across, frame_distance)
+            args = (grid, offsets, distance2, keys, inv, self._checked_decays, across, frame_distance)
         else:
             positions = torch.nan_to_num(layout.positions).to(dtype)
             regions = torch.where(layout.placed, layout.regions, -1)
