@@ -8,19 +8,24 @@ L2-normalised key against ALL N tokens, and one update of the d <= 5 window arou
 correction of the attention. tokenprune's pruner is timed end to end: ``p(cues)``,
 including its input checks, the Gaussian and the key norms.
 
-Inputs: random attention ``(B, N)`` and random keys ``(B, N, D)`` float32 on a grid
-layout. The keys share one random direction plus per-token noise (pairwise cosine about
-0.94) so that the similarity decay really suppresses neighbours; with independent
-Gaussian keys every cosine is ~0 and Soft-NMS would reduce to top-k. The work done does
-not depend on the values.
+Inputs: random attention ``(B, N)`` and random keys ``(B, N, D)`` on a grid layout, in
+float32 and, for the rows marked so, bfloat16 / float16 (as models hand them over; the
+keys are gathered in their own dtype, the decay arithmetic runs in float32). The keys
+share one random direction plus per-token noise (pairwise cosine about 0.94) so that the
+similarity decay really suppresses neighbours; with independent Gaussian keys every
+cosine is ~0 and Soft-NMS would reduce to top-k. The work done does not depend on the
+values.
 
 Every configuration is timed in a fresh subprocess: warm-up (the first compiled call
 compiles, reported separately), a check that the three selections keep the same indices,
-then timed rounds interleaving the three methods (median reported). Its peak memory is
-measured in a second fresh subprocess (see ``MEMORY_METHOD``), with allocator settings
-that would distort the timings.
+then timed rounds interleaving the three methods (median reported), then the host time
+of a compiled call outside its compiled greedy steps. Its peak memory is measured in a
+second fresh subprocess (see ``MEMORY_METHOD``), with allocator settings that would
+distort the timings. Last, the compile check: first calls in a fresh process with an
+empty inductor cache (a new D, N, B and dtype one after another), then the first call of
+a second process on that cache.
 
-    python benchmarks/selector_speed.py                  # full table (several minutes on a CPU)
+    python benchmarks/selector_speed.py                  # full table (many minutes on a CPU)
     python benchmarks/selector_speed.py --quick          # N = 576 at B = 1 only, few repeats
     python benchmarks/selector_speed.py --device cuda --out results.md
 """
@@ -36,6 +41,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -48,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import tokenprune
+from tokenprune.strategies import soft_nms
 
 RADIUS = 5
 SIGMA_D = 1.5
@@ -77,14 +84,18 @@ class Config:
     b: int
     h: int
     w: int
+    dtype: str = "float32"  # of the keys and attention, as a model hands them over
 
 
 def configs(quick: bool) -> list[Config]:
     shapes = [(576, 4096, 57, 24, 24), (2880, 4096, 288, 48, 60), (10000, 4096, 1000, 100, 100)]
     shapes.append((576, 128, 57, 24, 24))
     if quick:
-        return [Config(n, d, k, 1, h, w) for n, d, k, h, w in shapes if n == 576]
-    return [Config(n, d, k, b, h, w) for n, d, k, h, w in shapes for b in (1, 8)]
+        out = [Config(n, d, k, 1, h, w) for n, d, k, h, w in shapes if n == 576]
+        return [*out, Config(576, 4096, 57, 1, 24, 24, "bfloat16")]
+    out = [Config(n, d, k, b, h, w) for n, d, k, h, w in shapes for b in (1, 8)]
+    low = [Config(576, 4096, 57, b, 24, 24, dtype) for dtype in ("bfloat16", "float16") for b in (1, 8)]
+    return [*out, *low]
 
 
 # --------------------------------------------------------------------------- the authors' way
@@ -133,11 +144,14 @@ def authors_loop(
 
 # --------------------------------------------------------------------------- one configuration
 def inputs(cfg: Config, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention ``(B, N)`` and keys ``(B, N, D)`` in ``cfg.dtype`` (the same values at
+    every dtype up to its rounding)."""
     gen = torch.Generator().manual_seed(cfg.n * 31 + cfg.d * 7 + cfg.b)
     attention = torch.rand(cfg.b, cfg.n, generator=gen)
     base = torch.randn(cfg.b, 1, cfg.d, generator=gen)
     keys = base + 0.25 * torch.randn(cfg.b, cfg.n, cfg.d, generator=gen)
-    return attention.to(device), keys.to(device)
+    dtype = getattr(torch, cfg.dtype)
+    return attention.to(device=device, dtype=dtype), keys.to(device=device, dtype=dtype)
 
 
 def sync(device: str) -> None:
@@ -202,11 +216,40 @@ def methods(
 
         return run
 
+    # The loop gets float32 copies of the same (possibly rounded) values.
+    loop_attention, loop_keys = attention[:s].float(), keys[:s].float()
     return {
-        "loop": lambda: authors_loop(attention[:s], keys[:s], cfg.h, cfg.w, loop_steps or cfg.k),
+        "loop": lambda: authors_loop(loop_attention, loop_keys, cfg.h, cfg.w, loop_steps or cfg.k),
         "eager": run_tokenprune(False),
         "compiled": run_tokenprune(True),
     }
+
+
+def outside_graph_s(call: Callable[[], torch.Tensor], device: str, calls: int = 7) -> float:
+    """Median host time of one compiled ``call`` spent outside the compiled greedy steps
+    (input checks, Gaussian, key norms, window set-up, the Selection): the call's time
+    minus that of its calls of ``soft_nms._window_steps``."""
+    inside: list[float] = []
+    real = soft_nms._window_steps
+
+    def timed_steps(*args: object) -> object:
+        start = time.perf_counter()
+        out = real(*args)
+        inside.append(time.perf_counter() - start)
+        return out
+
+    soft_nms._window_steps = timed_steps
+    try:
+        outside = []
+        for _ in range(calls):
+            inside.clear()
+            sync(device)
+            start = time.perf_counter()
+            call()
+            outside.append(time.perf_counter() - start - sum(inside))
+    finally:
+        soft_nms._window_steps = real
+    return statistics.median(outside)
 
 
 def time_worker(cfg: Config, device: str, repeats: int, budget_s: float) -> dict:
@@ -240,6 +283,7 @@ def time_worker(cfg: Config, device: str, repeats: int, budget_s: float) -> dict
         for m in METHODS:
             if len(times[m]) < repeats and sum(times[m]) <= budget_s:
                 times[m].append(timed(fns[m], device)[0])
+    outside = outside_graph_s(fns["compiled"], device)
     kept["loop_rows_eager"] = kept["eager"][:loop_samples]
     kept["loop_rows_compiled"] = kept["compiled"][:loop_samples]
     return {
@@ -248,6 +292,7 @@ def time_worker(cfg: Config, device: str, repeats: int, budget_s: float) -> dict
         "repeats": {m: len(times[m]) for m in METHODS},
         "loop_samples": loop_samples,
         "first_s": first,
+        "outside_graph_s": outside,
         "differ": {
             "compiled_vs_eager": same_indices(kept["compiled"], kept["eager"]),
             "eager_vs_loop": same_indices(kept["loop_rows_eager"], kept["loop"]),
@@ -272,19 +317,66 @@ def memory_worker(cfg: Config, device: str) -> dict:
     return {"peak_bytes": peaks}
 
 
+#: First calls timed by the compile check in one fresh process, in order, each with what
+#: it changes from the calls before it.
+COMPILE_STEPS = (
+    ("first call: N 576, D 4096, B 1, float32", Config(576, 4096, 57, 1, 24, 24)),
+    ("new D: 128", Config(576, 128, 57, 1, 24, 24)),
+    ("new N: 2,880", Config(2880, 128, 288, 1, 48, 60)),
+    ("new B: 8", Config(2880, 128, 288, 8, 48, 60)),
+    ("new N and B again: 576, 3", Config(576, 128, 57, 3, 24, 24)),
+    ("new dtype: bfloat16 keys", Config(576, 128, 57, 3, 24, 24, "bfloat16")),
+)
+
+
+def compile_worker(device: str, warm: bool) -> dict:
+    """Time the first compiled call of each of `COMPILE_STEPS` (only the first when
+    ``warm``: a new process on a cache filled by an earlier one) and count the graphs
+    dynamo compiled for it."""
+    from torch._dynamo.utils import counters
+
+    out = []
+    for label, cfg in COMPILE_STEPS[:1] if warm else COMPILE_STEPS:
+        call = methods(cfg, device)["compiled"]
+        before = counters["stats"]["unique_graphs"]
+        first, _ = timed(call, device)
+        again, _ = timed(call, device)
+        out.append(
+            {
+                "label": label,
+                "first_s": first,
+                "again_s": again,
+                "graphs": counters["stats"]["unique_graphs"] - before,
+            }
+        )
+    return {"steps": out}
+
+
+def compile_check(args: argparse.Namespace) -> dict:
+    """`compile_worker` in a fresh process with an empty inductor (and triton) cache, then
+    its first step in a second fresh process on the cache the first one filled."""
+    with tempfile.TemporaryDirectory(prefix="tokenprune-compile-check-") as cache:
+        env = {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
+        cold = _worker(["--compile-worker", "cold"], args, env)
+        warm = _worker(["--compile-worker", "warm"], args, env)
+    return {"cold": cold["steps"], "warm": warm["steps"]}
+
+
 def run_worker(cfg: Config, mode: str, args: argparse.Namespace) -> dict:
     """Run one configuration in a fresh subprocess; ``mode`` "time" or "memory"."""
-    env = dict(os.environ)
+    env = {}
     if mode == "memory":
         # Pinned thresholds turn off glibc's dynamic mmap threshold, so freed tensors leave
         # RSS. Timing runs with the default allocator settings, as users would.
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
-        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024))
+        env = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
+    return _worker([f"--{mode}-worker", json.dumps(asdict(cfg))], args, env)
+
+
+def _worker(flags: list[str], args: argparse.Namespace, env: dict[str, str]) -> dict:
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
-        f"--{mode}-worker",
-        json.dumps(asdict(cfg)),
+        *flags,
         "--device",
         args.device,
         "--repeats",
@@ -292,10 +384,10 @@ def run_worker(cfg: Config, mode: str, args: argparse.Namespace) -> dict:
         "--budget",
         str(args.budget),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
-        raise SystemExit(f"{mode} worker for {cfg} failed with exit code {proc.returncode}")
+        raise SystemExit(f"worker {flags} failed with exit code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -309,101 +401,181 @@ def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:,.1f}"
 
 
+def _same(res: dict) -> str:
+    diff, b = res["differ"], res["config"]["b"]
+    if not any(diff.values()):
+        return "yes (all 3)"
+    return "NO: samples differing " + ", ".join(f"{k} {v}/{b}" for k, v in diff.items())
+
+
+def _shape(c: dict) -> str:
+    return f"| {c['n']:,} | {c['d']} | {c['k']} | {c['b']} | {c.get('dtype', 'float32')} |"
+
+
 def table(results: list[dict]) -> list[str]:
+    """The columns a reader needs: time per sample, the ratio to the loop, same indices."""
     lines = [
-        "| N | D | K | B | loop ms | eager ms | compiled ms | loop / sample | eager / sample | "
-        "compiled / sample | loop / eager | loop / compiled | compile s | repeats l/e/c | "
-        "peak extra MiB l/e/c | same indices |",
-        "|" + "---:|" * 15 + ":---|",
+        "| N | D | K | B | keys | compiled ms / sample | loop / compiled | outside graph ms | same indices |",
+        "|---:|---:|---:|---:|:---|---:|---:|---:|:---|",
     ]
     for res in results:
         c, med = res["config"], res["median_s"]
-        per = {m: med[m] / c["b"] for m in METHODS}
-        compile_s = res["first_s"]["compiled"] - med["compiled"]
-        diff = res["differ"]
-        if not any(diff.values()):
-            same = "yes (all 3)"
-        else:
-            same = "NO: samples differing " + ", ".join(
-                f"{k} {v}/{c['b']}" for k, v in diff.items()
-            )
-        loop_mark = "" if res["loop_samples"] == c["b"] else " *"
         lines.append(
-            f"| {c['n']:,} | {c['d']} | {c['k']} | {c['b']} | "
-            + " | ".join(_ms(med[m]) + (loop_mark if m == "loop" else "") for m in METHODS)
-            + " | "
-            + " | ".join(_ms(per[m]) for m in METHODS)
-            + f" | {med['loop'] / med['eager']:.1f}x | {med['loop'] / med['compiled']:.1f}x | "
-            f"{compile_s:.1f} | "
-            + "/".join(str(res["repeats"][m]) for m in METHODS)
-            + " | "
-            + " / ".join(_mib(res["peak_bytes"][m]) for m in METHODS)
-            + f" | {same} |"
+            f"{_shape(c)} {_ms(med['compiled'] / c['b'])} | {med['loop'] / med['compiled']:.1f}x | "
+            f"{res['outside_graph_s'] * 1e3:.2f} | {_same(res)} |"
         )
     return lines
 
 
-def targets(results: list[dict]) -> list[str]:
-    def find(n: int, d: int, b: int) -> dict | None:
+def detail_table(results: list[dict]) -> list[str]:
+    """Everything else measured per configuration."""
+    lines = [
+        "| N | D | K | B | keys | loop ms | eager ms | compiled ms | loop / sample | eager / sample | "
+        "loop / eager | compile s | repeats l/e/c | peak extra MiB l/e/c |",
+        "|---:|---:|---:|---:|:---|" + "---:|" * 9,
+    ]
+    for res in results:
+        c, med = res["config"], res["median_s"]
+        loop_mark = "" if res["loop_samples"] == c["b"] else " *"
+        lines.append(
+            f"{_shape(c)} "
+            + " | ".join(_ms(med[m]) + (loop_mark if m == "loop" else "") for m in METHODS)
+            + f" | {_ms(med['loop'] / c['b'])} | {_ms(med['eager'] / c['b'])} | "
+            f"{med['loop'] / med['eager']:.1f}x | {res['first_s']['compiled'] - med['compiled']:.1f} | "
+            + "/".join(str(res["repeats"][m]) for m in METHODS)
+            + " | "
+            + " / ".join(_mib(res["peak_bytes"][m]) for m in METHODS)
+            + " |"
+        )
+    return lines
+
+
+def compile_table(check: dict) -> list[str]:
+    lines = ["| first call of | s | graphs compiled |", "|:---|---:|---:|"]
+    for step in check["cold"]:
+        lines.append(f"| {step['label']} | {step['first_s']:.1f} | {step['graphs']} |")
+    for step in check["warm"]:
+        lines.append(f"| a new process, warm cache: {step['label']} | {step['first_s']:.1f} | {step['graphs']} |")
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def targets(results: list[dict], check: dict | None = None) -> list[str]:
+    def find(n: int, d: int, b: int, dtype: str = "float32") -> dict | None:
         return next(
             (
                 r
                 for r in results
-                if (r["config"]["n"], r["config"]["d"], r["config"]["b"]) == (n, d, b)
+                if (r["config"]["n"], r["config"]["d"], r["config"]["b"], r["config"].get("dtype", "float32"))
+                == (n, d, b, dtype)
             ),
             None,
         )
 
     out = []
-    for n, d, need in ((576, 4096, 50.0), (576, 128, 10.0)):
-        res = find(n, d, 1)
+    for d, need in ((4096, 100.0), (128, 10.0)):
+        res = find(576, d, 1)
         if res is not None:
             ratio = res["median_s"]["loop"] / res["median_s"]["compiled"]
-            verdict = "PASS" if ratio >= need else "MISS"
             out.append(
-                f"- {verdict}: compiled >= {need:g}x faster than the loop at ({n}, {d}, 57), B = 1: {ratio:.1f}x"
+                f"- {_verdict(ratio >= need)}: compiled at least {need:g}x faster than the loop at "
+                f"(576, {d}, 57), B = 1: {ratio:.1f}x"
             )
     for b in (1, 8):
         res = find(10000, 4096, b)
         if res is not None:
             per = res["median_s"]["compiled"] / b * 1e3
-            verdict = "PASS" if per < 100 else "MISS"
             out.append(
-                f"- {verdict}: N = 10,000 (D = 4096, K = 1000) under 100 ms per sample, compiled, B = {b}: {per:.1f} ms"
+                f"- {_verdict(per < 60)}: N = 10,000 (D = 4096, K = 1000) under 60 ms per sample, "
+                f"compiled, B = {b}: {per:.1f} ms"
             )
+            peak = res["peak_bytes"]["compiled"]
+            if peak is not None:
+                out.append(
+                    f"- {_verdict(peak < 64 * 2**20)}: N = 10,000, B = {b}: extra memory under 64 MiB: "
+                    f"{peak / 2**20:.1f} MiB"
+                )
+    res = find(576, 4096, 1)
+    if res is not None:
+        ms = res["outside_graph_s"] * 1e3
+        out.append(f"- {_verdict(ms < 0.2)}: host time outside the compiled graph under 0.2 ms at N = 576: {ms:.2f} ms")
+    differ = [r for r in results if any(r["differ"].values())]
+    out.append(
+        f"- {_verdict(not differ)}: identical indices across eager, compiled and the loop in every row"
+        + ("" if not differ else f" ({len(differ)} rows differ)")
+    )
+    if check is not None:
+        cold, warm = check["cold"], check["warm"]
+        out.append(f"- {_verdict(cold[0]['first_s'] < 10)}: first call, empty cache, under 10 s: {cold[0]['first_s']:.1f} s")
+        for step in cold[1:]:
+            ok = step["first_s"] - step["again_s"] < 5 or step["graphs"] == 0
+            out.append(
+                f"- {_verdict(ok)}: {step['label']}: under 5 s more or no recompile: "
+                f"{step['first_s']:.1f} s, {step['graphs']} graph(s)"
+            )
+        out.append(f"- {_verdict(warm[0]['first_s'] < 1)}: first call, warm cache, under 1 s: {warm[0]['first_s']:.1f} s")
     return out
 
 
-def report(results: list[dict], args: argparse.Namespace, wall_s: float) -> str:
+def report(results: list[dict], check: dict | None, args: argparse.Namespace, wall_s: float) -> str:
     device = args.device
     if device == "cuda":
         where = torch.cuda.get_device_name()
     else:
         where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
-    head = [
+    flags = " --quick" if args.quick else ""
+    lines = [
         "# tokenprune `adaptprune` selector vs the authors' per-step loop",
         "",
-        f"`python benchmarks/selector_speed.py{' --quick' if args.quick else ''} --device {device}` "
-        f"on {device} ({where}); torch {torch.__version__}; float32; {wall_s:.0f} s in all.",
+        f"`python benchmarks/selector_speed.py{flags} --device {device}` on {device} ({where}); "
+        f"torch {torch.__version__}; {wall_s:.0f} s in all.",
         "",
-        "Times are medians over the timed repeats (after warm-up); a method whose single call "
-        f"takes over {args.budget / 2:g} s is timed from fewer calls, down to one (see 'repeats'). "
-        "'compile s' = first compiled call minus the median compiled call (inductor's on-disk "
-        "cache may already be warm). Ratios > 1 mean tokenprune is faster than the loop.",
+        "Times are medians over the timed repeats (after warm-up), per sample. 'loop / compiled' "
+        "> 1 means tokenprune is faster than the loop; 'outside graph' is the host time of one "
+        "compiled call spent outside the compiled greedy steps; 'keys' is the dtype of the keys "
+        "and attention handed over (the loop gets float32 copies of the same values).",
         "",
-        "Loop times marked * were measured on the first sample and multiplied by B (the "
-        "loop runs one sample after another); 'same indices' then compares that sample.",
+        "Targets:",
         "",
-        f"Peak extra memory: {MEMORY_METHOD[device]}. The loop's peak is taken over its "
-        f"first {LOOP_MEMORY_STEPS} steps on one sample (each step allocates the same).",
+        *targets(results, check),
+        "",
+        *table(results),
+        "",
+        '<details markdown="1">',
+        "<summary>All columns: each method's time, eager, compile time, repeats, memory</summary>",
+        "",
+        f"A method whose single call takes over {args.budget / 2:g} s is timed from fewer calls, down "
+        "to one (see 'repeats'). 'compile s' = first compiled call minus the median compiled call "
+        "(inductor's on-disk cache may already be warm). Loop times marked * were measured on the "
+        "first sample and multiplied by B (the loop runs one sample after another); 'same "
+        "indices' then compares that sample.",
+        "",
+        f"Peak extra memory: {MEMORY_METHOD[device]}. The loop's peak is taken over its first "
+        f"{LOOP_MEMORY_STEPS} steps on one sample (each step allocates the same).",
+        "",
+        *detail_table(results),
+        "",
+        "</details>",
         "",
     ]
-    return "\n".join([*head, *table(results), "", "Targets:", *targets(results), ""])
+    if check is not None:
+        lines += [
+            "First calls in a fresh process with an empty inductor cache, one after another "
+            "(each includes what it compiles), and the first call of a second process on the "
+            "cache the first one filled:",
+            "",
+            *compile_table(check),
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N = 576 at B = 1 only, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="N = 576 at B = 1 only, 3 repeats, no compile check")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     parser.add_argument(
@@ -415,8 +587,10 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="seconds of timed calls per method and config (default 30; quick 5)",
     )
+    parser.add_argument("--no-compile-check", action="store_true", help="skip the first-call compile times")
     parser.add_argument("--time-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compile-worker", choices=("cold", "warm"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.budget = args.budget or (5.0 if args.quick else 30.0)
@@ -429,12 +603,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_worker is not None:
         print(json.dumps(memory_worker(Config(**json.loads(args.memory_worker)), args.device)))
         return
+    if args.compile_worker is not None:
+        print(json.dumps(compile_worker(args.device, warm=args.compile_worker == "warm")))
+        return
     start = time.perf_counter()
     results = []
     for cfg in configs(args.quick):
-        print(f"... N={cfg.n} D={cfg.d} K={cfg.k} B={cfg.b}", file=sys.stderr, flush=True)
+        print(f"... N={cfg.n} D={cfg.d} K={cfg.k} B={cfg.b} {cfg.dtype}", file=sys.stderr, flush=True)
         results.append({**run_worker(cfg, "time", args), **run_worker(cfg, "memory", args)})
-    text = report(results, args, time.perf_counter() - start)
+    check = None
+    if not (args.quick or args.no_compile_check):
+        print("... compile check", file=sys.stderr, flush=True)
+        check = compile_check(args)
+    text = report(results, check, args, time.perf_counter() - start)
     print(text)
     if args.out is not None:
         args.out.write_text(text)

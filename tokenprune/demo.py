@@ -482,16 +482,28 @@ def run(
     image = synthetic_image(side, side, seed=config.seed)
     inputs = build_inputs(image, config.seed, config.model)
     names: list[str] = ["unpruned", *config.recipes]
+    # A step that compiles says so: the first run of a compiled selector waits for it.
+    labels = {_step_label(name, config): name for name in names}
     rounds = [f"timing round {i + 1}/{config.repeats}" for i in range(config.repeats)]
     results: dict[str, Result] = {}
-    for step in progress([*names, *rounds]) if progress else [*names, *rounds]:
+    for step in progress([*labels, *rounds]) if progress else [*labels, *rounds]:
         if step in rounds:
             for name in names:
                 seconds = _time_prefill(model, inputs, config, name)
                 results[name].prefill_s = min(results[name].prefill_s, seconds)
         else:
-            results[step] = _record(model, inputs, config, step)
+            results[labels[step]] = _record(model, inputs, config, labels[step])
     return [results[name] for name in names], image
+
+
+def _step_label(name: str, config: DemoConfig) -> str:
+    """``name``, or ``"adaptprune (compiling its selector)"`` where its first run compiles."""
+    import tokenprune
+
+    if name == "unpruned" or not tokenprune.compile_enabled():
+        return name
+    selector = tokenprune.pruner(name, keep=config.keep).selector
+    return f"{name} (compiling its selector)" if getattr(selector, "compiles", False) else name
 
 
 # ---------------------------------------------------------------------------- output

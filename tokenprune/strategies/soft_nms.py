@@ -17,6 +17,7 @@ import difflib
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -312,6 +313,8 @@ class SoftNMS(Selector):
 
     radius: float | None = 5.0
     decays: tuple[Decay, ...] = field(default_factory=lambda: (SpatialDecay(1.5), SimilarityDecay(0.05)))
+    #: Its greedy steps run through torch.compile (the first call of a new shape compiles).
+    compiles: ClassVar[bool] = True
     name = "soft_nms"
     build = classmethod(_build_soft_nms)
 
