@@ -235,6 +235,77 @@ def measure(case: Case, configs: list[Config], layer: int, repeats: int, warmup:
     return {c: (statistics.median(times[c]), min(times[c]), peaks[c], shorts[c]) for c in configs}
 
 
+class PartTimer:
+    """Host time, per prefill, of the engine's cue assembly (``PruneRun._cues``: the
+    candidates' gathers and, for key cues, layer K's ``k_proj``) and of the pruner call
+    (scores, transforms, selector), by patching both for as long as it is open."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, float] = {"cues": 0.0, "pruner": 0.0}
+        self._patched: list[tuple[type, str, Callable]] = []
+
+    def _wrap(self, cls: type, name: str, part: str) -> None:
+        real = getattr(cls, name, None)
+        if real is None:
+            return
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.now[part] += time.perf_counter() - start
+
+        self._patched.append((cls, name, real))
+        setattr(cls, name, timed)
+
+    def __enter__(self) -> PartTimer:
+        from tokenprune.engine.session import PruneRun
+
+        self._wrap(PruneRun, "_cues", "cues")
+        self._wrap(tokenprune.Pruner, "__call__", "pruner")
+        self._wrap(tokenprune.Pruner, "select", "pruner")  # the engine's trusted path, where present
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, name, real in reversed(self._patched):
+            setattr(cls, name, real)
+
+    def reset(self) -> None:
+        self.now = {"cues": 0.0, "pruner": 0.0}
+
+
+def parts(case: Case, layer: int, repeats: int, keep: float = 0.1) -> list[str]:
+    """Where adaptprune's prefill differs from fastv's at ``keep``: medians over interleaved
+    rounds of the whole prefill, the cue assembly, the pruner call, and the rest."""
+    methods = ("fastv", "adaptprune")
+    fn = prefill(case)
+    samples: dict[str, dict[str, list[float]]] = {m: {"total": [], "cues": [], "pruner": []} for m in methods}
+    with PartTimer() as timer:
+        for method in methods:  # warm-up: compile, then settle dynamic shapes
+            with tokenprune.prune(case.model, method, keep=keep, layer=layer):
+                fn()
+                fn()
+        for _ in range(repeats):
+            for method in methods:
+                with tokenprune.prune(case.model, method, keep=keep, layer=layer):
+                    timer.reset()
+                    start = time.perf_counter()
+                    fn()
+                    samples[method]["total"].append(time.perf_counter() - start)
+                    for part in ("cues", "pruner"):
+                        samples[method][part].append(timer.now[part])
+    med = {m: {k: statistics.median(v) * 1e3 for k, v in samples[m].items()} for m in methods}
+    for m in methods:
+        med[m]["rest"] = med[m]["total"] - med[m]["cues"] - med[m]["pruner"]
+    rows = [
+        f"| {case.name} ({case.visual}) | {part} | {med['fastv'][part]:,.1f} | {med['adaptprune'][part]:,.1f} | "
+        f"{med['adaptprune'][part] - med['fastv'][part]:+,.1f} |"
+        for part in ("cues", "pruner", "rest", "total")
+    ]
+    return rows
+
+
 def table(case: Case, results: dict, layer: int, size: Size) -> list[str]:
     base_time, base_best, _, length = results[Config("unpruned", None)]
     base_flops = prefill_flops(length, length, layer, size)
@@ -265,6 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layer", type=int, default=2, help="pruning layer K (default 2)")
     parser.add_argument("--layers", type=int, default=None, help="text decoder layers")
     parser.add_argument("--hidden", type=int, default=None, help="text hidden size")
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also split fastv's and adaptprune's keep 0.1 prefill into cue assembly, pruner and rest",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -290,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     summary = []
+    part_rows: list[str] = []
     for kind in kinds:
         case = make_case(kind, size)
         results = measure(case, configs, args.layer, repeats, warmup=args.warmup)
@@ -303,8 +380,20 @@ def main(argv: list[str] | None = None) -> None:
                 f"- {case.name}, from {stat}: overhead at keep 1.0 (fastv) {100 * overhead:+.1f}% "
                 f"of the unpruned prefill; adaptprune vs fastv at keep 0.1 {100 * gap:+.1f}%"
             )
+        if args.parts:
+            part_rows += parts(case, args.layer, repeats)
         del case
     print("", *summary, sep="\n")
+    if args.parts:
+        print(
+            "\nWhere the time of the keep 0.1 prefill goes, ms (medians of interleaved rounds; "
+            "'cues' = the engine's cue assembly, with layer K's k_proj for adaptprune's keys; "
+            "'pruner' = scores, transforms and selector; 'rest' = everything else)\n",
+            "| image (visual tokens) | part | fastv ms | adaptprune ms | difference ms |",
+            "|---|---|---:|---:|---:|",
+            *part_rows,
+            sep="\n",
+        )
 
 
 if __name__ == "__main__":
