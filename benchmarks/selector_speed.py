@@ -588,6 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds of timed calls per method and config (default 30; quick 5)",
     )
     parser.add_argument("--no-compile-check", action="store_true", help="skip the first-call compile times")
+    parser.add_argument("--compile-check-only", action="store_true", help="only the first-call compile times")
     parser.add_argument("--time-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compile-worker", choices=("cold", "warm"), default=None, help=argparse.SUPPRESS)
@@ -607,6 +608,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(compile_worker(args.device, warm=args.compile_worker == "warm")))
         return
     start = time.perf_counter()
+    if args.compile_check_only:
+        check = compile_check(args)
+        text = "\n".join(["Targets:", "", *targets([], check)[1:], "", *compile_table(check), ""])
+        print(text)
+        if args.out is not None:
+            args.out.write_text(text)
+        return
     results = []
     for cfg in configs(args.quick):
         print(f"... N={cfg.n} D={cfg.d} K={cfg.k} B={cfg.b} {cfg.dtype}", file=sys.stderr, flush=True)
