@@ -23,9 +23,10 @@ def _install(session: nox.Session, extras: str) -> None:
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """The whole test suite, with the example plugin pip-installed from tests/plugin_pkg."""
+    """The whole test suite, with the example plugins pip-installed from tests/plugin_pkg
+    (a transform, a recipe, a cue) and tests/family_pkg (the VipLlava model family)."""
     _install(session, "test")
-    session.install("./tests/plugin_pkg")
+    session.install("./tests/plugin_pkg", "./tests/family_pkg")
     session.env["HYPOTHESIS_PROFILE"] = "ci"
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 

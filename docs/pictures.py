@@ -70,7 +70,7 @@ def synthetic_cues(layout: tokenprune.Layout, image, seed: int = 0) -> tokenprun
     shapes = layout.region_shapes[0].tolist()
     boxes = layout.region_boxes[0].tolist() if layout.region_boxes is not None else None
     colour = torch.rand(n, 3, generator=g)
-    for i, (r, (y, x)) in enumerate(zip(layout.regions[0].tolist(), layout.positions[0].tolist())):
+    for i, (r, (y, x)) in enumerate(zip(layout.regions[0].tolist(), layout.coords[0].tolist())):
         if r < 0 or boxes is None or any(v != v for v in boxes[r]):
             continue
         top, left, bottom, right = boxes[r]

@@ -131,20 +131,20 @@ def test_soft_nms_rejects_negative_scores():
         pruner(cues)
 
 
-def test_layout_positions_outside_region():
+def test_layout_coords_outside_region():
     layout = Layout.grid(2, 2)
-    positions = layout.positions.clone()
-    positions[0, 3, 1] = 5
+    coords = layout.coords.clone()
+    coords[0, 3, 1] = 5
     with pytest.raises(LayoutError, match=r"0 <= \(row, col\) < region_shapes"):
-        Layout(positions, layout.regions, layout.region_shapes, layout.valid)
+        Layout(coords, layout.regions, layout.region_shapes, layout.valid)
 
 
 def test_layout_duplicate_cells():
     layout = Layout.grid(2, 2)
-    positions = layout.positions.clone()
-    positions[0, 1] = positions[0, 0]
+    coords = layout.coords.clone()
+    coords[0, 1] = coords[0, 0]
     with pytest.raises(LayoutError, match="at most one token per"):
-        Layout(positions, layout.regions, layout.region_shapes, layout.valid)
+        Layout(coords, layout.regions, layout.region_shapes, layout.valid)
 
 
 def test_layout_region_id_out_of_range():
@@ -152,7 +152,7 @@ def test_layout_region_id_out_of_range():
     regions = layout.regions.clone()
     regions[0, 0] = 3
     with pytest.raises(LayoutError, match=r"regions: expected ids in \[-1, R\) = \[-1, 1\)"):
-        Layout(layout.positions, regions, layout.region_shapes, layout.valid)
+        Layout(layout.coords, regions, layout.region_shapes, layout.valid)
 
 
 def test_spec_syntax_errors():
@@ -181,7 +181,7 @@ def test_layout_constructors_reject_bad_arguments(build, match):
 def test_layout_optional_tensors_are_checked():
     layout = Layout.grid(2, 2)
     parts = dict(
-        positions=layout.positions, regions=layout.regions, region_shapes=layout.region_shapes, valid=layout.valid
+        coords=layout.coords, regions=layout.regions, region_shapes=layout.region_shapes, valid=layout.valid
     )
     with pytest.raises(LayoutError, match=r"region_boxes: expected a float tensor of shape \(B, R, 4\) = \(1, 1, 4\), got list"):
         Layout(**parts, region_boxes=[[0.0, 0.0, 1.0, 1.0]])

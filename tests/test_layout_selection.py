@@ -15,7 +15,7 @@ from tokenprune.selection import resolve_keep
 
 def test_grid_is_row_major():
     layout = Layout.grid(2, 3)
-    assert layout.positions[0].tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
+    assert layout.coords[0].tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
     assert layout.region_shapes.tolist() == [[[2, 3]]]
     assert bool(layout.valid.all()) and layout.regions.unique().tolist() == [0]
 
@@ -33,7 +33,7 @@ def test_stack_pads_tokens_and_regions():
     assert (stacked.batch_size, stacked.num_tokens, stacked.num_regions) == (2, 10, 2)
     assert stacked.num_valid().tolist() == [4, 10]
     assert stacked.region_shapes[0].tolist() == [[2, 2], [0, 0]]
-    assert torch.equal(stacked[1].positions, b.positions)
+    assert torch.equal(stacked[1].coords, b.coords)
     assert torch.equal(stacked[0].regions[:, :4], a.regions)
 
 
@@ -70,7 +70,7 @@ def test_negative_index_selects_from_the_end():
 def test_tokens_without_any_region_are_a_valid_layout_every_recipe_handles():
     # R = 0: only unplaced tokens (say, a model whose adapter knows no geometry).
     layout = Layout(
-        positions=torch.full((2, 5, 2), math.nan),
+        coords=torch.full((2, 5, 2), math.nan),
         regions=torch.full((2, 5), -1),
         region_shapes=torch.zeros(2, 0, 2, dtype=torch.long),
         valid=torch.ones(2, 5, dtype=torch.bool),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tokenprune.adapters.base import Adapter
+from tokenprune.capture.base import CueSource
 from tokenprune.compile import compile_enabled, set_compile
 from tokenprune.cues import Cues
 from tokenprune.errors import (
@@ -27,7 +29,6 @@ from tokenprune.hookspecs import hookimpl
 from tokenprune.layout import Layout
 from tokenprune.pruner import Pruner, pruner
 from tokenprune.registry import (
-    Adapter,
     Recipe,
     Strategy,
     available,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter",
     "CueError",
+    "CueSource",
     "Cues",
     "Decay",
     "DecayContext",

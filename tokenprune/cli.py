@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run a pruner on cues saved with tokenprune.viz.save_cues (or any .pt / "
             ".safetensors dict with keys attention, keys, hidden, text_attention, "
-            "self_attention and the layout tensors positions, regions, region_shapes, valid; "
+            "self_attention and the layout tensors coords, regions, region_shapes, valid; "
             "use --grid when no layout is saved). Writes the selection and a picture."
         ),
     )

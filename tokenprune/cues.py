@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,7 +16,7 @@ from tokenprune.layout import Layout
 
 __all__ = ["ATTENTION_CUES", "CUE_NAMES", "Cues"]
 
-#: Cue names a strategy may list in its ``requires``.
+#: The built-in cue names (fields of `Cues`); plugins add more (``tokenprune.available("cue")``).
 CUE_NAMES = ("attention", "keys", "hidden", "text_attention", "self_attention")
 #: The cues taken from the attention of the layer before the pruning layer.
 ATTENTION_CUES = frozenset({"attention", "text_attention", "self_attention"})
@@ -36,6 +39,9 @@ class Cues:
         self_attention: ``(B, N)`` mean attention of the candidates to each candidate
             (FitPrune's image self attention).
         generator: random source of random strategies; seed it for reproducible results.
+        extra: further cues by name (those of plugin cue sources, e.g. ``{"my_cue": t}``),
+            each a tensor whose first dimension is B; read them with ``cues.require(name,
+            by)`` or as attributes (``cues.my_cue``).
     """
 
     layout: Layout
@@ -45,6 +51,31 @@ class Cues:
     text_attention: Tensor | None = None
     self_attention: Tensor | None = None
     generator: torch.Generator | None = None
+    extra: Mapping[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def trusted(
+        cls,
+        layout: Layout,
+        generator: torch.Generator | None = None,
+        extra: Mapping[str, Tensor] | None = None,
+        **tensors: Tensor,
+    ) -> Cues:
+        """Build without checks: for the engine, whose cues are shaped by construction."""
+        cues = object.__new__(cls)
+        values: dict[str, Any] = {name: None for name in CUE_NAMES}
+        values.update(tensors, layout=layout, generator=generator)
+        values["extra"] = MappingProxyType(dict(extra or {}))
+        for name, value in values.items():
+            object.__setattr__(cues, name, value)
+        return cues
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: the extra cues.
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"'Cues' object has no attribute {name!r}")
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Layout):
@@ -58,6 +89,17 @@ class Cues:
             _check_tensor(name, getattr(self, name), (b, n), self.layout.device)
         for name in ("keys", "hidden"):
             _check_tensor(name, getattr(self, name), (b, n, None), self.layout.device)
+        if not isinstance(self.extra, Mapping):
+            raise CueError(f"extra: expected a mapping of cue name to tensor, got {type(self.extra).__name__}")
+        for name, value in self.extra.items():
+            if not isinstance(name, str) or name in CUE_NAMES or name in {f.name for f in fields(self)}:
+                raise CueError(f"extra: expected names other than Cues fields, got {name!r}")
+            if not isinstance(value, Tensor) or value.dim() < 1 or value.shape[0] != b:
+                raise CueError(
+                    f"extra[{name!r}]: expected a tensor whose first dimension is B={b}, got "
+                    f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}"
+                )
+        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
     @property
     def batch_size(self) -> int:
@@ -73,11 +115,18 @@ class Cues:
 
     def available(self) -> frozenset[str]:
         """Names of the tensor cues that are present."""
-        return frozenset(name for name in CUE_NAMES if getattr(self, name) is not None)
+        builtin = {name for name in CUE_NAMES if getattr(self, name) is not None}
+        return frozenset(builtin | set(self.extra))
+
+    def get(self, name: str) -> Tensor | None:
+        """The cue ``name`` (built-in or extra), or None."""
+        if name in CUE_NAMES:
+            return getattr(self, name)
+        return self.extra.get(name)
 
     def require(self, name: str, by: str) -> Tensor:
         """The cue ``name``, or a `CueError` saying that strategy ``by`` needs it."""
-        value = getattr(self, name)
+        value = self.get(name)
         if value is None:
             present = sorted(self.available()) or ["none"]
             raise CueError(
@@ -96,7 +145,8 @@ class Cues:
             if isinstance(value, (Tensor, Layout)):
                 value = value[index]
             values[f.name] = value
-        return Cues(**values)
+        values["extra"] = {name: t[index] for name, t in self.extra.items()}
+        return Cues.trusted(**values)
 
 
 def _check_tensor(name: str, t: Tensor | None, shape: tuple, device: torch.device) -> None:

@@ -2,7 +2,7 @@
 
 A layout describes the N candidate (visual) tokens of each of B samples:
 
-- ``positions (B, N, 2)`` float: (row, col) in cells of the token's region, NaN for a
+- ``coords (B, N, 2)`` float: (row, col) in cells of the token's region, NaN for a
   token with no place (e.g. LLaVA-NeXT row separators).
 - ``regions (B, N)`` long: region id (tile, sub-image, base image), -1 = no place.
 - ``region_shapes (B, R, 2)`` long: (height, width) of each region in cells; unused
@@ -42,13 +42,13 @@ __all__ = ["Layout"]
 
 @dataclass(frozen=True, eq=False)
 class Layout:
-    """Positions, regions and validity of the N candidate tokens of B samples.
+    """Coords, regions and validity of the N candidate tokens of B samples.
 
     Build one with `Layout.grid`, `Layout.regions_of`, `Layout.stack`, or directly
     from tensors (validated on construction; invalid layouts raise `LayoutError`).
 
     Attributes:
-        positions: ``(B, N, 2)`` float, (row, col) of each token in cells of its region;
+        coords: ``(B, N, 2)`` float, (row, col) of each token in cells of its region;
             NaN for a token with no place (LLaVA-NeXT's row separators).
         regions: ``(B, N)`` long, the region (image, tile, base or high-resolution
             grid) of each token; -1 for a token with no place.
@@ -62,7 +62,7 @@ class Layout:
             belongs to; -1 for unused slots.
     """
 
-    positions: Tensor
+    coords: Tensor
     regions: Tensor
     region_shapes: Tensor
     valid: Tensor
@@ -72,6 +72,15 @@ class Layout:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @classmethod
+    def trusted(cls, **tensors: Tensor | None) -> Layout:
+        """Build without validation, from tensors derived from a valid layout (a device
+        move, a sample, the engine's survivors): internal hand-offs add no host sync."""
+        layout = object.__new__(cls)
+        for f in fields(cls):
+            object.__setattr__(layout, f.name, tensors.get(f.name))
+        return layout
 
     # ----------------------------------------------------------------- properties
     @property
@@ -94,6 +103,11 @@ class Layout:
         return self.regions.device
 
     @property
+    def positions(self) -> Tensor:
+        """Deprecated name of `coords`."""
+        return self.coords
+
+    @property
     def placed(self) -> Tensor:
         """``(B, N)`` bool: valid tokens that have a place on a region grid."""
         return self.valid & (self.regions >= 0)
@@ -104,7 +118,7 @@ class Layout:
 
     def to(self, device: torch.device | str) -> Layout:
         """The same layout with every tensor on ``device``."""
-        return Layout(
+        return Layout.trusted(
             **{
                 f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
                 for f in fields(self)
@@ -114,11 +128,34 @@ class Layout:
     def __getitem__(self, index: int | slice) -> Layout:
         """Sample ``index`` (kept as a batch of one) or a slice of samples."""
         index = sample_slice(index, self.batch_size)
-        return Layout(
+        return Layout.trusted(
             **{
                 f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
                 for f in fields(self)
             }
+        )
+
+    def take(self, index: Tensor) -> Layout:
+        """The layout of a subset of the candidates, in the given order.
+
+        Args:
+            index: ``(B, M)`` long, candidate indices per sample, -1 for padding.
+
+        Returns:
+            a layout of M tokens per sample (padding: invalid, no place); the regions are
+            unchanged. Not re-validated (a subset of a valid layout is valid).
+        """
+        pad = index < 0
+        safe = index.clamp(min=0)
+        coords = self.coords.gather(1, safe.unsqueeze(-1).expand(-1, -1, 2))
+        return Layout.trusted(
+            coords=coords.masked_fill(pad.unsqueeze(-1), math.nan),
+            regions=self.regions.gather(1, safe).masked_fill(pad, -1),
+            region_shapes=self.region_shapes,
+            valid=self.valid.gather(1, safe) & ~pad,
+            region_boxes=self.region_boxes,
+            region_images=self.region_images,
+            region_frames=self.region_frames,
         )
 
     def __repr__(self) -> str:
@@ -177,13 +214,13 @@ class Layout:
                     rows.append(math.nan)
                     cols.append(math.nan)
                     regs.append(-1)
-        positions = torch.tensor([rows, cols], dtype=torch.float32).T
-        positions = positions.reshape(1, -1, 2).expand(batch, -1, -1).contiguous()
+        coords = torch.tensor([rows, cols], dtype=torch.float32).T
+        coords = coords.reshape(1, -1, 2).expand(batch, -1, -1).contiguous()
         regions = torch.tensor(regs, dtype=torch.long).expand(batch, -1).contiguous()
         region_shapes = torch.tensor([list(s) for s in shapes], dtype=torch.long)
         region_shapes = region_shapes.reshape(1, -1, 2).expand(batch, -1, -1).contiguous()
         layout = cls(
-            positions=positions,
+            coords=coords,
             regions=regions,
             region_shapes=region_shapes,
             valid=torch.ones_like(regions, dtype=torch.bool),
@@ -201,7 +238,7 @@ class Layout:
         _check_count("width", width, minimum=1)
         layout = cls.regions_of([(height, width)] * int(frames), batch=batch)
         layout = cls(
-            positions=layout.positions,
+            coords=layout.coords,
             regions=layout.regions,
             region_shapes=layout.region_shapes,
             valid=layout.valid,
@@ -216,7 +253,7 @@ class Layout:
         _check_count("batch", batch, minimum=1)
         device = torch.device("cpu") if device is None else torch.device(device)
         return cls(
-            positions=torch.zeros(batch, 0, 2, device=device),
+            coords=torch.zeros(batch, 0, 2, device=device),
             regions=torch.zeros(batch, 0, dtype=torch.long, device=device),
             region_shapes=torch.zeros(batch, 0, 2, dtype=torch.long, device=device),
             valid=torch.zeros(batch, 0, dtype=torch.bool, device=device),
@@ -266,7 +303,7 @@ class Layout:
                     fr = torch.full((lay.batch_size, lay.num_regions), -1, dtype=torch.long, device=device)
                 frames.append(pad(fr.to(device), r, 1, -1))
         return cls(
-            positions=torch.cat([pad(lay.positions.to(device), n, 1, math.nan) for lay in layouts]),
+            coords=torch.cat([pad(lay.coords.to(device), n, 1, math.nan) for lay in layouts]),
             regions=torch.cat([pad(lay.regions.to(device), n, 1, -1) for lay in layouts]),
             region_shapes=torch.cat([pad(lay.region_shapes.to(device), r, 1, 0) for lay in layouts]),
             valid=torch.cat([pad(lay.valid.to(device), n, 1, False) for lay in layouts]),
@@ -278,8 +315,8 @@ class Layout:
 
 def _validate(layout: Layout) -> None:
     """Check shapes, dtypes and the geometric invariants; raise `LayoutError` otherwise."""
-    p, g, s, v = layout.positions, layout.regions, layout.region_shapes, layout.valid
-    for name, t in (("positions", p), ("regions", g), ("region_shapes", s), ("valid", v)):
+    p, g, s, v = layout.coords, layout.regions, layout.region_shapes, layout.valid
+    for name, t in (("coords", p), ("regions", g), ("region_shapes", s), ("valid", v)):
         if not isinstance(t, Tensor):
             raise LayoutError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if g.dim() != 2:
@@ -289,7 +326,7 @@ def _validate(layout: Layout) -> None:
         raise LayoutError(f"regions: expected dtype torch.int64, got {g.dtype}")
     if p.shape != (b, n, 2) or not p.is_floating_point():
         raise LayoutError(
-            f"positions: expected a float tensor of shape (B, N, 2) = ({b}, {n}, 2), "
+            f"coords: expected a float tensor of shape (B, N, 2) = ({b}, {n}, 2), "
             f"got {p.dtype} {tuple(p.shape)}"
         )
     if v.shape != (b, n) or v.dtype != torch.bool:
@@ -352,20 +389,20 @@ def _validate(layout: Layout) -> None:
     placed = v & (g >= 0)
     pos_placed = p[placed]
     if not bool(torch.isfinite(pos_placed).all()):
-        raise LayoutError("positions: expected finite (row, col) for every token with a region >= 0, got NaN/inf")
+        raise LayoutError("coords: expected finite (row, col) for every token with a region >= 0, got NaN/inf")
     if not bool((pos_placed == pos_placed.round()).all()):
-        raise LayoutError("positions: expected whole cell indices for tokens with a region, got fractions")
+        raise LayoutError("coords: expected whole cell indices for tokens with a region, got fractions")
     if not bool(torch.isnan(p[v & (g < 0)]).all()):
-        raise LayoutError("positions: expected NaN for valid tokens without a region (regions == -1)")
+        raise LayoutError("coords: expected NaN for valid tokens without a region (regions == -1)")
     shape_of = torch.stack([region_values(layout, s[..., 0]), region_values(layout, s[..., 1])], -1)
     shape_of = shape_of[placed].to(p.dtype)
     if bool(((pos_placed < 0) | (pos_placed >= shape_of)).any()):
-        raise LayoutError("positions: expected 0 <= (row, col) < region_shapes[region] for every placed token")
+        raise LayoutError("coords: expected 0 <= (row, col) < region_shapes[region] for every placed token")
     cell = _cell_ids(layout)[placed]
     sample = torch.arange(b, device=g.device).unsqueeze(1).expand(b, n)[placed]
     key = sample * (int(cell.max()) + 1 if cell.numel() else 1) + cell
     if key.numel() != key.unique().numel():
-        raise LayoutError("positions: expected at most one token per (region, row, col) cell, got duplicates")
+        raise LayoutError("coords: expected at most one token per (region, row, col) cell, got duplicates")
 
 
 def _check_count(name: str, value: object, minimum: int) -> None:
@@ -398,7 +435,7 @@ def _cell_ids(layout: Layout) -> Tensor:
     base = torch.cumsum(area, dim=1) - area
     width = region_values(layout, s[..., 1])
     cell = region_values(layout, base) + (
-        torch.nan_to_num(layout.positions[..., 0]).long() * width
-        + torch.nan_to_num(layout.positions[..., 1]).long()
+        torch.nan_to_num(layout.coords[..., 0]).long() * width
+        + torch.nan_to_num(layout.coords[..., 1]).long()
     )
     return torch.where(layout.valid & (layout.regions >= 0), cell, torch.full_like(cell, -1))

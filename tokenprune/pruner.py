@@ -98,19 +98,33 @@ class Pruner:
                 f"{', '.join(sorted(cues.available())) or 'none'}"
             )
         for name in sorted(self.requires):
-            _check_finite(name, getattr(cues, name), cues.layout.valid)
+            value = cues.get(name)
+            if value.dim() >= 2 and value.shape[1] == cues.num_tokens:
+                _check_finite(name, value, cues.layout.valid)
+        return self._run(cues, self.budget(cues.layout.num_valid()), public=True)
+
+    def budget(self, num_valid: Tensor) -> Tensor:
+        """``(B,)`` long: tokens to keep per sample of ``num_valid (B,)`` candidates (zeros
+        for a selector that ignores the budget)."""
+        if not self.selector.uses_budget:
+            return torch.zeros_like(num_valid)
+        return resolve_keep(self.keep, num_valid)
+
+    def select(self, cues: Cues, budget: Tensor) -> Selection:
+        """The engine's trusted path: ``budget (B,)`` given (the engine sizes every stage
+        of a schedule from the ORIGINAL visual-token counts) and no checks of the cues or
+        of tokenprune's own stages, so the call adds no host sync beyond the stages' own;
+        a third-party stage's output is still checked (`tokenprune.stage_checks`)."""
+        return self._run(cues, budget, public=False)
+
+    def _run(self, cues: Cues, budget: Tensor, public: bool) -> Selection:
         valid = cues.layout.valid
-        budget = (
-            resolve_keep(self.keep, cues.layout.num_valid())
-            if self.selector.uses_budget
-            else torch.zeros(cues.batch_size, dtype=torch.long, device=cues.device)
-        )
         scores = self.score(cues)
-        _check_scores("score", self.score, scores, cues)
+        _check_scores("score", self.score, scores, cues, public)
         scores = _as_compute(scores)
         for t in self.transforms:
             scores = t(scores, cues)
-            _check_scores("transform", t, scores, cues)
+            _check_scores("transform", t, scores, cues, public)
         scores = scores.masked_fill(~valid, float("-inf"))
         selection = self.selector(scores, cues, budget)
         check_selection(self.selector, selection, valid, budget if self.selector.uses_budget else None)
@@ -150,11 +164,13 @@ def _check_finite(name: str, value: Tensor, valid: Tensor) -> None:
         )
 
 
-def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues) -> None:
+def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues, public: bool) -> None:
     expected = (cues.batch_size, cues.num_tokens)
     if not is_trusted(stage):
         check_scores(kind, stage, scores, expected, cues.layout.valid)
         return
+    if not public:
+        return  # tokenprune's own stage inside the engine: right by construction
     if tuple(scores.shape) != expected:
         raise CueError(f"scores from '{stage.name}': expected shape {expected}, got {tuple(scores.shape)}")
     _check_finite(f"scores from '{stage.name}'", scores, cues.layout.valid)

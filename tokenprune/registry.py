@@ -1,8 +1,9 @@
-"""Name -> factory registry of strategies, recipes and adapters, filled by pluggy plugins.
+"""Name -> factory registry of strategies, recipes, adapters and cue sources, filled by
+pluggy plugins.
 
 Built-ins are plugins like any other (`tokenprune.strategies.builtin`,
-`tokenprune.adapters.builtin`); third-party plugins come from entry points of group
-``tokenprune``.
+`tokenprune.adapters.builtin`, `tokenprune.capture.builtin`); third-party plugins come
+from entry points of group ``tokenprune``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tokenprune.strategies.base import Stage
 
 __all__ = [
     "KINDS",
-    "Adapter",
+    "ClassEntry",
     "Recipe",
     "Registry",
     "Strategy",
@@ -38,7 +39,7 @@ __all__ = [
 StrategyKind = Literal["score", "transform", "selector", "decay"]
 STRATEGY_KINDS: tuple[str, ...] = ("score", "transform", "selector", "decay")
 #: Kinds of registered names, in spec-string order.
-KINDS = ("recipe", "score", "transform", "selector", "decay", "adapter")
+KINDS = ("recipe", "score", "transform", "selector", "decay", "adapter", "cue")
 
 
 @dataclass(frozen=True)
@@ -88,19 +89,18 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class Adapter:
-    """A model family: ``matches(model)`` recognises it, ``layout(model, **inputs)``
-    returns the `Layout` of the visual tokens in ``inputs['input_ids']``."""
+class ClassEntry:
+    """A registered class: an `tokenprune.Adapter` subclass (kind ``"adapter"``) or a
+    `tokenprune.CueSource` subclass (kind ``"cue"``, one entry per cue name it provides)."""
 
     name: str
-    matches: Callable[[Any], bool]
-    layout: Callable[..., Any]
+    kind: str
+    cls: type
     description: str
     plugin: str = field(default="", compare=False)
-    kind: str = field(default="adapter", init=False)
 
 
-Entry = Strategy | Recipe | Adapter
+Entry = Strategy | Recipe | ClassEntry
 
 
 class Registry:
@@ -109,13 +109,14 @@ class Registry:
     def __init__(self, manager: pluggy.PluginManager) -> None:
         self.manager = manager
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        for hook, allowed in (
-            (manager.hook.tokenprune_strategies, (Strategy, Recipe)),
-            (manager.hook.tokenprune_adapters, (Adapter,)),
-        ):
-            for impl in hook.get_hookimpls():
-                for entry in _hook_entries(impl, hook.name):
-                    self._add(entry, impl.plugin_name, allowed)
+        for impl in manager.hook.tokenprune_strategies.get_hookimpls():
+            for entry in _hook_entries(impl, "tokenprune_strategies"):
+                self._add(entry, impl.plugin_name, (Strategy, Recipe))
+        for hook, kind in (("tokenprune_adapters", "adapter"), ("tokenprune_cues", "cue")):
+            for impl in getattr(manager.hook, hook).get_hookimpls():
+                for cls in _hook_entries(impl, hook):
+                    for entry in _class_entries(cls, kind, impl.plugin_name):
+                        self._add(entry, impl.plugin_name, (ClassEntry,))
 
     def _add(self, entry: Any, plugin: str, allowed: tuple[type, ...]) -> None:
         if Strategy in allowed and isinstance(entry, type) and issubclass(entry, Stage):
@@ -148,10 +149,6 @@ class Registry:
             raise PluginError(
                 f"plugin '{plugin}': recipe '{entry.name}' needs a spec string, got {entry.spec!r}"
             )
-        if isinstance(entry, Adapter) and not (callable(entry.matches) and callable(entry.layout)):
-            raise PluginError(
-                f"plugin '{plugin}': adapter '{entry.name}' needs callable matches and layout"
-            )
         table = self._entries[entry.kind]
         if entry.name in table:
             raise PluginError(
@@ -181,6 +178,27 @@ class Registry:
             raise SpecError(
                 f"{kind} name: unknown {kind} {name!r}{hint} (registered: {', '.join(known) or 'none'})"
             ) from None
+
+
+def _class_entries(cls: Any, kind: str, plugin: str) -> list[ClassEntry]:
+    """The registry entries of an adapter or cue-source class, checked."""
+    from tokenprune.adapters.base import Adapter
+    from tokenprune.capture.base import CueSource
+
+    base = Adapter if kind == "adapter" else CueSource
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(
+            f"plugin '{plugin}': expected subclasses of tokenprune.{base.__name__} (the classes, "
+            f"not instances), got {cls!r}"
+        )
+    if kind == "adapter":
+        return [ClassEntry(cls.name, kind, cls, cls.description)]
+    if not cls.names or isinstance(cls.names, str):
+        raise PluginError(
+            f"plugin '{plugin}': cue source {cls.__name__} must list the cue names it provides "
+            f"in `names` (a tuple of identifiers), got {cls.names!r}"
+        )
+    return [ClassEntry(name, kind, cls, cls.description) for name in cls.names]
 
 
 def _hook_entries(impl: pluggy.HookImpl, hook: str) -> list[Any]:
@@ -231,12 +249,14 @@ _extra_plugins: list[tuple[object, str]] = []
 
 def _build() -> Registry:
     from tokenprune.adapters import builtin as builtin_adapters
+    from tokenprune.capture import builtin as builtin_cues
     from tokenprune.strategies import builtin as builtin_strategies
 
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     manager.register(builtin_strategies, name="tokenprune.strategies")
     manager.register(builtin_adapters, name="tokenprune.adapters")
+    manager.register(builtin_cues, name="tokenprune.capture")
     _load_entry_points(manager)
     for plugin, name in _extra_plugins:
         manager.register(plugin, name=name)
@@ -309,7 +329,7 @@ def available(kind: str | None = None) -> dict[str, str]:
 
     Args:
         kind: one of ``"recipe"``, ``"score"``, ``"transform"``, ``"selector"``,
-            ``"decay"``, ``"adapter"``; ``None`` lists all as ``"kind:name"``.
+            ``"decay"``, ``"adapter"``, ``"cue"``; ``None`` lists all as ``"kind:name"``.
     """
     registry = get_registry()
     if kind is not None:

@@ -59,7 +59,7 @@ __all__ = [
 
 #: Layout tensors a cue file may hold (the first four are required together).
 LAYOUT_KEYS = (
-    "positions", "regions", "region_shapes", "valid", "region_boxes", "region_images", "region_frames"
+    "coords", "regions", "region_shapes", "valid", "region_boxes", "region_images", "region_frames"
 )
 
 KEPT = (255, 160, 30)
@@ -128,7 +128,7 @@ def _regions(layout: Layout, sample: int, values: Tensor) -> list[_Region]:
         region.separators = [None] * h
         out.append(region)
     regions = layout.regions[sample].tolist()
-    positions = layout.positions[sample].tolist()
+    coords = layout.coords[sample].tolist()
     valid = layout.valid[sample].tolist()
     vals = values.tolist()
     # A place-less token right after the last cell of a row may be that row's separator
@@ -136,7 +136,7 @@ def _regions(layout: Layout, sample: int, values: Tensor) -> list[_Region]:
     # region has one; other place-less tokens (a CLS) are not drawn.
     after_row_end: dict[int, dict[int, float]] = {}
     previous: tuple[int, int, int] | None = None  # (region, row, col) of the last valid token
-    for g, (y, x), ok, v in zip(regions, positions, valid, vals):
+    for g, (y, x), ok, v in zip(regions, coords, valid, vals):
         if not ok:
             continue
         if g >= 0:
@@ -576,7 +576,7 @@ def save_cues(path: str | Path, cues: Cues) -> Path:
 
     Keys: the present cues of ``attention (B, N)``, ``keys (B, N, D)``, ``hidden
     (B, N, H)``, ``text_attention``, ``self_attention``, and the layout's
-    ``positions``, ``regions``, ``region_shapes``, ``valid`` (and ``region_boxes``,
+    ``coords``, ``regions``, ``region_shapes``, ``valid`` (and ``region_boxes``,
     ``region_images`` when set). The generator is not saved.
     """
     if not isinstance(cues, Cues):
@@ -647,6 +647,8 @@ def load_cues(
     """
     path = Path(path)
     data = _read_tensors(path)
+    if "positions" in data and "coords" not in data:  # files saved before the rename
+        data["coords"] = data.pop("positions")
     unknown = sorted(set(data) - set(CUE_NAMES) - set(LAYOUT_KEYS))
     if unknown:
         raise CueError(

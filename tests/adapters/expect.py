@@ -22,10 +22,10 @@ def assert_sample(
     assert layout.valid[b, :n].all() and not layout.valid[b, n:].any()
     assert torch.equal(layout.regions[b, :n], regions)
     placed = regions >= 0
-    positions = layout.positions[b, :n]
-    assert torch.isnan(positions[~placed]).all()
-    assert torch.equal(positions[placed, 0].long(), rows[placed].long())
-    assert torch.equal(positions[placed, 1].long(), cols[placed].long())
+    coords = layout.coords[b, :n]
+    assert torch.isnan(coords[~placed]).all()
+    assert torch.equal(coords[placed, 0].long(), rows[placed].long())
+    assert torch.equal(coords[placed, 1].long(), cols[placed].long())
     assert torch.equal(layout.region_images[b][regions[placed]], images[placed].long())
     # Every region's shape is exactly the extent of its tokens (no empty rows / cols).
     for r in regions[placed].unique().tolist():

@@ -22,14 +22,17 @@ FAMILIES = ["llava", "llava_next", "internvl"]
 
 
 def _same(a: Layout, b: Layout) -> bool:
-    fields = ("positions", "regions", "region_shapes", "valid", "region_boxes", "region_images")
+    fields = ("coords", "regions", "region_shapes", "valid", "region_boxes", "region_images")
     return all(
         torch.equal(getattr(a, f).nan_to_num(-7.0), getattr(b, f).nan_to_num(-7.0)) for f in fields
     )
 
 
 def test_builtin_adapters_are_registered():
-    assert set(tokenprune.available("adapter")) == set(FAMILIES)
+    registry = tokenprune.registry.get_registry()
+    builtin = {e.name for e in registry.entries("adapter") if e.plugin == "tokenprune.adapters"}
+    assert builtin == set(FAMILIES)
+    assert set(FAMILIES) <= set(tokenprune.available("adapter"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -85,14 +88,22 @@ def test_unsupported_model_names_the_families_and_how_to_add_one():
 
 
 def _fake_family_plugin(name: str, matches):
-    def layout(model, **inputs):
-        return Layout.grid(2, 3, batch=inputs["input_ids"].shape[0])
+    class Fake(tokenprune.Adapter):
+        description = "test family"
 
+        @classmethod
+        def matches(cls, model):
+            return matches(model)
+
+        def layout(self, **inputs):
+            return Layout.grid(2, 3, batch=inputs["input_ids"].shape[0])
+
+    Fake.name = name
     plugin = types.SimpleNamespace()
 
     @tokenprune.hookimpl
     def tokenprune_adapters():
-        return [tokenprune.Adapter(name, matches, layout, "test family")]
+        return [Fake]
 
     plugin.tokenprune_adapters = tokenprune_adapters
     return plugin
@@ -117,6 +128,32 @@ def test_two_matching_adapters_raise(llava):
             adapters.adapter_for(llava)
     finally:
         unregister_plugin("clashing-family")
+
+
+def test_a_plugin_may_choose_the_adapter_itself(llava):
+    class Chooser:
+        @tokenprune.hookimpl(tryfirst=True)
+        def tokenprune_adapter(self, model):
+            if model is llava:
+                return adapters.matching_adapter(llava.model)
+            return None
+
+    tokenprune.register_plugin(Chooser(), name="chooser")
+    try:
+        chosen = adapters.adapter_for(llava)
+        assert chosen.name == "llava" and chosen.model is llava.model
+    finally:
+        unregister_plugin("chooser")
+
+
+def test_adapters_must_be_classes():
+    class Bad:
+        @tokenprune.hookimpl
+        def tokenprune_adapters(self):
+            return [object()]
+
+    with pytest.raises(PluginError, match="expected subclasses of tokenprune.Adapter"):
+        tokenprune.register_plugin(Bad(), name="bad-adapter")
 
 
 def test_missing_input_ids_raise(llava):
@@ -175,4 +212,4 @@ def test_llava_next_image_sizes_may_be_numpy(llava_next):
     expected = adapters.layout(llava_next, **batch.inputs)
     for sizes in (np.array([[500, 700]]), [np.array([500, 700])], [(np.int64(500), np.int64(700))]):
         got = adapters.layout(llava_next, **{**batch.inputs, "image_sizes": sizes})
-        assert torch.equal(got.positions.nan_to_num(-1), expected.positions.nan_to_num(-1))
+        assert torch.equal(got.coords.nan_to_num(-1), expected.coords.nan_to_num(-1))

@@ -175,6 +175,6 @@ def test_sizes_of_a_batch_that_generate_repeated_for_beams(internvl, as_tensor):
     repeated = {"input_ids": batch.inputs["input_ids"].repeat_interleave(2, dim=0)}
     given = torch.tensor(sizes).repeat_interleave(2, dim=0) if as_tensor else sizes
     got = adapters.layout(internvl, **repeated, image_sizes=given)
-    for name in ("positions", "region_shapes", "region_boxes"):
+    for name in ("coords", "region_shapes", "region_boxes"):
         want = getattr(expected, name).repeat_interleave(2, dim=0)
         assert torch.equal(getattr(got, name).nan_to_num(-1), want.nan_to_num(-1)), name

@@ -42,7 +42,7 @@ def test_one_image_is_the_24x24_grid(llava):
     batch = make_batch(llava, [[IMAGE]])
     layout = adapters.layout(llava, **batch.inputs)
     expected = Layout.grid(24, 24)
-    assert torch.equal(layout.positions, expected.positions)
+    assert torch.equal(layout.coords, expected.coords)
     assert torch.equal(layout.regions, expected.regions)
     assert layout.region_boxes.tolist() == [[[0.0, 0.0, 1.0, 1.0]]]
     assert layout.region_images.tolist() == [[0]]

@@ -92,4 +92,4 @@ def test_image_sizes_as_list_equals_tensor(llava_next):
     as_tensor = adapters.layout(llava_next, **batch.inputs)
     as_list = adapters.layout(llava_next, **{**batch.inputs, "image_sizes": [(500, 700), (900, 300)]})
     assert torch.equal(as_tensor.regions, as_list.regions)
-    assert torch.equal(as_tensor.positions.nan_to_num(-1), as_list.positions.nan_to_num(-1))
+    assert torch.equal(as_tensor.coords.nan_to_num(-1), as_list.coords.nan_to_num(-1))

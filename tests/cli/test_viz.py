@@ -80,7 +80,7 @@ def test_tiles_with_boxes_share_one_canvas_and_the_thumbnail_stands_alone():
     layout = tokenprune.Layout.regions_of([(2, 2), (2, 2), (2, 2)])
     boxes = torch.tensor([[[0, 0, 1, 0.5], [0, 0.5, 1, 1], [0, 0, 1, 1]]], dtype=torch.float32)
     layout = tokenprune.Layout(
-        layout.positions, layout.regions, layout.region_shapes, layout.valid,
+        layout.coords, layout.regions, layout.region_shapes, layout.valid,
         region_boxes=boxes, region_images=torch.zeros(1, 3, dtype=torch.long),
     )
     mask = torch.zeros(1, 12, dtype=torch.bool)
@@ -172,7 +172,7 @@ def test_save_and_load_cues_round_trip(tmp_path_factory, shapes, separators, bat
     if boxes:
         r = layout.num_regions
         layout = tokenprune.Layout(
-            layout.positions, layout.regions, layout.region_shapes, layout.valid,
+            layout.coords, layout.regions, layout.region_shapes, layout.valid,
             region_boxes=torch.rand(batch, r, 4), region_images=torch.zeros(batch, r, dtype=torch.long),
         )
     n = layout.num_tokens

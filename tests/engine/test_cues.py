@@ -89,3 +89,70 @@ def test_attention_cue_of_llava_next_and_internvl(models, batches):
             torch.testing.assert_close(
                 record.cues.attention[b, : where.numel()], expected, atol=1e-6, rtol=0
             )
+
+
+def cls_attention_by_hand(model, pixel_values):
+    """``(I, P)``: softmax of the CLS query against every key in the vision layer whose
+    output LLaVA uses (vision_feature_layer -2), mean over heads, from q_proj / k_proj of
+    that layer's attention input."""
+    layers = model.model.vision_tower.vision_model.encoder.layers
+    attention = layers[len(layers) - 2].self_attn
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["x"] = args[0] if args else kwargs["hidden_states"]
+
+    handle = attention.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.model.vision_tower(pixel_values)
+    finally:
+        handle.remove()
+    x = seen["x"]
+    heads, width = attention.num_heads, attention.head_dim
+    with torch.no_grad():
+        q = attention.q_proj(x).view(x.shape[0], -1, heads, width).transpose(1, 2)
+        k = attention.k_proj(x).view(x.shape[0], -1, heads, width).transpose(1, 2)
+    scores = (q[:, :, :1] @ k.transpose(-1, -2)).squeeze(2) * attention.scale
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+@pytest.mark.parametrize("layer", ["input", 2])
+def test_cls_attention_is_the_towers_cls_row(llava, batches, layer):
+    inputs = batches["llava"].inputs
+    record, pruner = recording_pruner({"cls_attention"}, keep=0.5)
+    before = llava.config.vision_config._attn_implementation
+    with tokenprune.prune(llava, pruner, layer=layer) as run, torch.no_grad():
+        assert llava.config.vision_config._attn_implementation != before  # tapped, not eager
+        llava(**inputs)
+    assert llava.config.vision_config._attn_implementation == before  # restored
+    expected = cls_attention_by_hand(llava, inputs["pixel_values"])[:, 1:]  # CLS dropped
+    got = record.cues.require("cls_attention", by="test")
+    per_sample = [expected[0], expected[1:].reshape(-1)]
+    for b, values in enumerate(per_sample):
+        n = values.numel()
+        assert (run.seq_index[b, :n] >= 0).all()
+        torch.testing.assert_close(got[b, :n], values, atol=1e-6, rtol=0)
+
+
+def test_cls_attention_is_refused_without_a_cls_tower(models):
+    _, pruner = recording_pruner({"cls_attention"}, keep=0.5)
+    with pytest.raises(tokenprune.CueError, match="cls_attention: needs a vision tower"):
+        tokenprune.prune(models["internvl"], pruner, layer="input")
+
+
+def test_text_embeddings_are_the_prompts_text_tokens(llava, batches):
+    from .reference import language_model_inputs
+
+    inputs = batches["llava"].inputs
+    record, pruner = recording_pruner({"text_embeddings", "text_mask"}, keep=0.5)
+    with tokenprune.prune(llava, pruner, layer=2), torch.no_grad():
+        llava(**inputs)
+    embeds = language_model_inputs(llava, inputs)["inputs_embeds"]
+    text = inputs["attention_mask"].bool() & (inputs["input_ids"] != llava.config.image_token_id)
+    got, mask = record.cues.text_embeddings, record.cues.text_mask
+    for b in range(2):
+        expected = embeds[b][text[b]]
+        assert mask[b].sum() == expected.shape[0]
+        assert torch.equal(got[b][mask[b]], expected)
+        assert (got[b][~mask[b]] == 0).all()

@@ -100,7 +100,7 @@ def test_prompts_without_images_pass_untouched(llava):
     tokens, logits = generate(llava, inputs)
     with tokenprune.prune(llava, "adaptprune", keep=0.1, layer=2) as run:
         pruned, pruned_logits = generate(llava, inputs)
-    assert run.prefills == 0 and run.selection is None and run.selections == []
+    assert run.prefills == 0 and run.selection is None and run.samples == []
     assert torch.equal(pruned, tokens)
     assert torch.equal(pruned_logits, logits)
 

@@ -64,11 +64,11 @@ def test_selection_budget_and_kept_tokens(models, batches, family):
     assert run.selection.counts.tolist() == budgets
     text = (batch.inputs["attention_mask"].bool() & (ids != model.config.image_token_id)).sum(1)
     assert run.kept.shape[1] == max(t + k for t, k in zip(text.tolist(), budgets))
-    for b, sample in enumerate(run.selections):
-        assert sample.kept_positions.numel() == budgets[b]
-        assert (ids[b, sample.kept_positions] == model.config.image_token_id).all()
+    for b, sample in enumerate(run.samples):
+        assert sample.kept_seq_index.numel() == budgets[b]
+        assert (ids[b, sample.kept_seq_index] == model.config.image_token_id).all()
         assert torch.equal(
-            sample.kept_positions, sample.positions[sample.selection.indices[0, : budgets[b]]]
+            sample.kept_seq_index, sample.seq_index[sample.selection.indices[0, : budgets[b]]]
         )
         # The shortened row: its text tokens and kept visual tokens, in order, right-aligned.
         row = run.kept[b][run.kept[b] >= 0]
@@ -104,7 +104,7 @@ def test_batch_equals_single_runs(models):
     pad = (~mask).sum(1)
     with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2) as run:
         together = greedy(model, batch.inputs).sequences
-        samples = run.selections
+        samples = run.samples
         first = 0
         for b, sample_images in enumerate(images):
             # Row b of the batch without its padding, with its own images.
@@ -118,7 +118,7 @@ def test_batch_equals_single_runs(models):
             tokens = greedy(model, inputs).sequences[0]
             assert torch.equal(together[b][pad[b] :], tokens)
             if sample_images:
-                (single,) = run.selections
-                assert torch.equal(samples[b].kept_positions - pad[b], single.kept_positions)
+                (single,) = run.samples
+                assert torch.equal(samples[b].kept_seq_index - pad[b], single.kept_seq_index)
             else:
-                assert run.selections == [] and samples[b].kept_positions.numel() == 0
+                assert run.samples == [] and samples[b].kept_seq_index.numel() == 0

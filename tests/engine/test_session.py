@@ -101,16 +101,16 @@ def test_selections_expose_each_sample(llava, batches):
     batch = batches["llava"]
     with tokenprune.prune(llava, "fastv", keep=10, layer=1) as run, torch.no_grad():
         llava(**batch.inputs)
-    samples = run.selections
+    samples = run.samples
     assert len(samples) == 2
     for b, sample in enumerate(samples):
         assert isinstance(sample, tokenprune.engine.PrunedSample)
         assert sample.selection.mask.shape == (1, run.layout.num_tokens)
         assert sample.layout.batch_size == 1
         assert int(sample.layout.valid.sum()) == batch.num_visual[b]
-        assert sample.kept_positions.numel() == 10
-        assert (sample.positions[: batch.num_visual[b]] >= 0).all()
-        assert (sample.positions[batch.num_visual[b] :] == -1).all()
+        assert sample.kept_seq_index.numel() == 10
+        assert (sample.seq_index[: batch.num_visual[b]] >= 0).all()
+        assert (sample.seq_index[batch.num_visual[b] :] == -1).all()
     # Sample 1 has two images: two 24 x 24 regions, one budget over both.
     assert samples[1].layout.region_shapes.tolist() == [[[24, 24], [24, 24]]]
 

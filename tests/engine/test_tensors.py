@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenprune.engine.attention import last_query_attention, mean_query_attention
+from tokenprune.capture.attention_math import last_query_attention, mean_query_attention
 from tokenprune.engine.compact import compaction, scatter_candidates
 
 masks = st.integers(1, 4).flatmap(

@@ -24,7 +24,7 @@ def sample_layouts(draw, max_regions: int = 3, max_side: int = 9) -> Layout:
     kept = sorted(draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n)))
     index = torch.tensor(kept)
     return Layout(
-        positions=layout.positions[:, index],
+        coords=layout.coords[:, index],
         regions=layout.regions[:, index],
         region_shapes=layout.region_shapes,
         valid=layout.valid[:, index],

@@ -29,8 +29,8 @@ def tokens_of(layout: Layout, b: int) -> list[dict]:
             {
                 "index": n,
                 "region": region if placed else -1,
-                "row": int(layout.positions[b, n, 0]) if placed else None,
-                "col": int(layout.positions[b, n, 1]) if placed else None,
+                "row": int(layout.coords[b, n, 0]) if placed else None,
+                "col": int(layout.coords[b, n, 1]) if placed else None,
                 "valid": valid,
                 "video": video,
                 "frame": frame,

@@ -21,7 +21,7 @@ class SampleBuilder:
     """The visual tokens of one sample, appended in sequence order."""
 
     def __init__(self) -> None:
-        self._positions: list[Tensor] = []
+        self._coords: list[Tensor] = []
         self._regions: list[Tensor] = []
         self._shapes: list[tuple[int, int]] = []
         self._boxes: list[tuple[float, float, float, float]] = []
@@ -54,12 +54,12 @@ class SampleBuilder:
         """
         index = len(self._shapes)
         rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        positions = torch.stack([rows, cols], dim=-1).float()  # (h, w, 2)
+        coords = torch.stack([rows, cols], dim=-1).float()  # (h, w, 2)
         regions = torch.full((height, width), index, dtype=torch.long)
         if separators:
-            positions = torch.cat([positions, torch.full((height, 1, 2), math.nan)], dim=1)
+            coords = torch.cat([coords, torch.full((height, 1, 2), math.nan)], dim=1)
             regions = torch.cat([regions, torch.full((height, 1), -1, dtype=torch.long)], dim=1)
-        self._positions.append(positions.reshape(-1, 2)[skip:])
+        self._coords.append(coords.reshape(-1, 2)[skip:])
         self._regions.append(regions.reshape(-1)[skip:])
         self._shapes.append((height, width))
         self._boxes.append(_UNKNOWN_BOX if box is None else box)
@@ -68,16 +68,16 @@ class SampleBuilder:
 
     def unplaced(self, count: int) -> None:
         """Append ``count`` tokens without a place (a CLS token, a lone separator)."""
-        self._positions.append(torch.full((count, 2), math.nan))
+        self._coords.append(torch.full((count, 2), math.nan))
         self._regions.append(torch.full((count,), -1, dtype=torch.long))
 
     def build(self) -> Layout:
         """The sample as a batch-of-one `Layout` with ``region_boxes`` and ``region_images``
         (and ``region_frames`` when a region is a video frame)."""
-        positions = torch.cat(self._positions) if self._positions else torch.zeros(0, 2)
+        coords = torch.cat(self._coords) if self._coords else torch.zeros(0, 2)
         regions = torch.cat(self._regions) if self._regions else torch.zeros(0, dtype=torch.long)
         return Layout(
-            positions=positions.unsqueeze(0),
+            coords=coords.unsqueeze(0),
             regions=regions.unsqueeze(0),
             region_shapes=torch.tensor(self._shapes, dtype=torch.long).reshape(1, -1, 2),
             valid=torch.ones(1, regions.numel(), dtype=torch.bool),

@@ -1,12 +1,24 @@
-"""Built-in adapters, registered through the same hook as third-party ones."""
+"""Built-in adapters, registered through the same hooks as third-party ones."""
 
 from __future__ import annotations
 
-from tokenprune.adapters import internvl, llava, llava_next
+from typing import Any
+
+from tokenprune.adapters.base import Adapter
+from tokenprune.adapters.internvl import InternVL
+from tokenprune.adapters.llava import Llava
+from tokenprune.adapters.llava_next import LlavaNext
 from tokenprune.hookspecs import hookimpl
-from tokenprune.registry import Adapter
 
 
 @hookimpl
-def tokenprune_adapters() -> list[Adapter]:
-    return [llava.ADAPTER, llava_next.ADAPTER, internvl.ADAPTER]
+def tokenprune_adapters() -> list[type[Adapter]]:
+    return [Llava, LlavaNext, InternVL]
+
+
+@hookimpl(trylast=True)
+def tokenprune_adapter(model: Any) -> Adapter | None:
+    """The default choice: the one registered adapter class whose ``matches`` is True."""
+    from tokenprune.adapters import matching_adapter
+
+    return matching_adapter(model)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from tokenprune._values import is_int
+from tokenprune.adapters.base import Adapter
 from tokenprune.adapters.builder import FULL_IMAGE, SampleBuilder
 from tokenprune.adapters.inputs import (
     assign_images,
@@ -31,16 +32,11 @@ from tokenprune.adapters.inputs import (
 )
 from tokenprune.errors import LayoutError, UnsupportedModelError
 from tokenprune.layout import Layout
-from tokenprune.registry import Adapter
 
-__all__ = ["ADAPTER", "canvas", "layout", "matches", "tile_side", "tiles_per_image"]
+__all__ = ["InternVL", "canvas", "layout", "tile_side", "tiles_per_image"]
 
 #: The InternVL processor's defaults (``GotOcr2ImageProcessor``: min_patches, max_patches).
 MIN_PATCHES, MAX_PATCHES = 1, 12
-
-
-def matches(model: Any) -> bool:
-    return model_type(model) == "internvl"
 
 
 def tile_side(config: Any) -> tuple[int, int]:
@@ -197,12 +193,20 @@ def _on_canvas(
     return samples
 
 
-ADAPTER = Adapter(
-    name="internvl",
-    matches=matches,
-    layout=layout,
-    description=(
+class InternVL(Adapter):
+    """InternVL: a Qwen2 / Llama language model with 1-D positions; ``image_sizes``,
+    ``min_patches`` and ``max_patches`` are optional extra inputs of the layout (the
+    model itself does not take them)."""
+
+    name = "internvl"
+    description = (
         "InternVL (InternVLForConditionalGeneration): 16x16 tokens per 448 px tile, tiles "
         "row-major over the canvas, thumbnail last; one region per tile"
-    ),
-)
+    )
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return model_type(model) == "internvl"
+
+    def layout(self, **inputs: Any) -> Layout:
+        return layout(self.model, **inputs)

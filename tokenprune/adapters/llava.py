@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenprune.adapters.base import Adapter
 from tokenprune.adapters.builder import FULL_IMAGE, SampleBuilder
 from tokenprune.adapters.inputs import (
     input_ids_of,
@@ -20,16 +21,11 @@ from tokenprune.adapters.inputs import (
 )
 from tokenprune.errors import LayoutError, UnsupportedModelError
 from tokenprune.layout import Layout
-from tokenprune.registry import Adapter
 
-__all__ = ["ADAPTER", "grid_side", "layout", "matches", "tower_tokens"]
+__all__ = ["Llava", "grid_side", "layout", "tower_tokens"]
 
 #: Vision towers whose output starts with a CLS token, by ``vision_config.model_type``.
 _TOWERS_WITH_CLS = {"clip_vision_model": True, "siglip_vision_model": False}
-
-
-def matches(model: Any) -> bool:
-    return model_type(model) == "llava"
 
 
 def grid_side(config: Any) -> tuple[int, int]:
@@ -84,9 +80,30 @@ def layout(model: Any, **inputs: Any) -> Layout:
     return Layout.stack(samples).to(input_ids.device)
 
 
-ADAPTER = Adapter(
-    name="llava",
-    matches=matches,
-    layout=layout,
-    description="LLaVA-1.5 (LlavaForConditionalGeneration): one 24x24 row-major grid per image",
-)
+class Llava(Adapter):
+    """LLaVA-1.5: image placeholders ``config.image_token_index``, a Llama-like language
+    model, 1-D positions; every family fact beyond the layout is the `Adapter` default."""
+
+    name = "llava"
+    description = "LLaVA-1.5 (LlavaForConditionalGeneration): one 24x24 row-major grid per image"
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return model_type(model) == "llava"
+
+    def layout(self, **inputs: Any) -> Layout:
+        return layout(self.model, **inputs)
+
+    def vision_cls_attention(self) -> tuple[Any, str, slice] | None:
+        config = self.model.config
+        cls, dropped = tower_tokens(config)
+        feature_layer = config.vision_feature_layer
+        tower = self.vision_tower()
+        if dropped or not isinstance(feature_layer, int) or tower is None:
+            return None  # no CLS token (SigLIP), or features from several layers
+        layers = tower.vision_model.encoder.layers
+        # hidden_states[0] is the embedding output; hidden_states[i] is layer i - 1's.
+        index = feature_layer % (len(layers) + 1) - 1
+        if index < 0:
+            return None
+        return layers[index].self_attn, "vision_config", slice(1 - cls, None)

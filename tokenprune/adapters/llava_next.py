@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from tokenprune.adapters.base import Adapter
 from tokenprune.adapters.builder import FULL_IMAGE, SampleBuilder
+from tokenprune.adapters.images import ImageInputs
 from tokenprune.adapters.inputs import (
     assign_images,
     image_sizes_of,
@@ -30,13 +32,8 @@ from tokenprune.adapters.inputs import (
 from tokenprune.adapters.llava import grid_side, tower_tokens
 from tokenprune.errors import LayoutError, UnsupportedModelError
 from tokenprune.layout import Layout
-from tokenprune.registry import Adapter
 
-__all__ = ["ADAPTER", "high_res_shape", "layout", "matches", "tokens_per_image"]
-
-
-def matches(model: Any) -> bool:
-    return model_type(model) == "llava_next"
+__all__ = ["LlavaNext", "high_res_shape", "layout", "tokens_per_image"]
 
 
 def high_res_shape(config: Any, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -102,12 +99,33 @@ def layout(model: Any, **inputs: Any) -> Layout:
     return Layout.stack(samples).to(input_ids.device)
 
 
-ADAPTER = Adapter(
-    name="llava_next",
-    matches=matches,
-    layout=layout,
-    description=(
+class LlavaNext(Adapter):
+    """LLaVA-NeXT: the layout needs ``image_sizes``, which ``generate()`` consumes when it
+    encodes the images before the prefill; `open` installs a recorder that maps the
+    encoded features back to their sizes (`tokenprune.adapters.images`)."""
+
+    name = "llava_next"
+    description = (
         "LLaVA-NeXT (LlavaNextForConditionalGeneration): base 24x24 grid, then the unpadded "
         "anyres grid with a separator after each row; two regions per image"
-    ),
-)
+    )
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self._images = ImageInputs(model)
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return model_type(model) == "llava_next"
+
+    def layout(self, **inputs: Any) -> Layout:
+        return layout(self.model, **inputs)
+
+    def open(self) -> None:
+        self._images.open()
+
+    def close(self) -> None:
+        self._images.close()
+
+    def recover_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return self._images.recover(inputs)

@@ -1,13 +1,16 @@
-"""The engine: run a pruner inside a transformers VLM's prefill.
+"""The engine: run pruners inside a transformers VLM's prefill.
 
-    >>> with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2) as run:  # doctest: +SKIP
-    ...     model.generate(**inputs)
+```python
+with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2) as run:
+    model.generate(**inputs)
+```
 
-Modules: `session` (the ``prune`` block and its hooks), `tap` (queries and keys through
-transformers' AttentionInterface), `attention` (attention cues from them), `compact`
-(shortening a batch to its kept tokens), `anatomy` (finding the language model).
+Modules: `session` (the ``prune`` block and its hooks), `schedule` (prune points and
+their pruners), `tap` (queries and keys through transformers' AttentionInterface),
+`compact` (shortening a batch to its kept tokens). Family facts come from the model's
+`tokenprune.Adapter`; cues from the registered `tokenprune.CueSource` classes.
 """
 
-from tokenprune.engine.session import PruneBlock, PrunedSample, PruneRun, prune
+from tokenprune.engine.session import PruneBlock, PrunedSample, PruneRun, StageRecord, prune
 
-__all__ = ["PruneBlock", "PruneRun", "PrunedSample", "prune"]
+__all__ = ["PruneBlock", "PruneRun", "PrunedSample", "StageRecord", "prune"]

@@ -1,27 +1,29 @@
-"""`prune`: run a `Pruner` inside a VLM's prefill, through forward hooks and a tapped
-attention function; leaving the ``with`` block removes every trace.
+"""`prune`: run pruners inside a VLM's prefill, through forward hooks and a tapped attention
+function; leaving the ``with`` block removes every trace.
 
-One prefill, for a model with decoder layers ``0..L-1`` and pruning layer K:
+A schedule has one or more prune points (`tokenprune.engine.schedule`). One prefill:
 
-1. the VLM's forward pre-hook reads the inputs: the visual tokens of ``input_ids`` and
-   their `Layout` (from the model's adapter);
-2. the tapped attention function of layer K-1 computes the attention cues from the
-   post-RoPE queries and keys the layer attends with;
-3. layer K's forward pre-hook computes the key / hidden cues, runs the pruner, and
-   shortens the hidden states, rotary embeddings, position ids and causal mask to the
-   text tokens plus the kept visual tokens; layers K+1.. get the same shortened inputs.
+1. the VLM's forward pre-hook reads the inputs: the candidates (the adapter's
+   ``visual_mask`` of ``input_ids``) and their `Layout`, and sizes every stage's budget
+   from the ORIGINAL visual-token counts;
+2. at ``"input"``: the language model's forward pre-hook captures the cues from its
+   ``inputs_embeds``, runs the pruner and hands the language model the shortened
+   embeddings, 2D mask and position ids (original, or renumbered with
+   ``positions="compact"``): dropped tokens never reach a layer or the KV cache;
+3. at a layer K: the tapped attention function of layer K-1 feeds the attention cue
+   sources; layer K's forward pre-hook captures the other cues, runs the pruner and
+   shortens the hidden states, rotary embeddings, position ids and causal mask; layers
+   K+1.. get the same shortened inputs until the next point.
 
-Layers K.. therefore write a shorter KV cache. In decoding steps the layers below K use
-the model's own mask and layers K.. a mask rebuilt for their shorter cache; the cache's
-``get_seq_length()`` (layer 0) keeps ``generate()``'s positions the original ones.
-
-``generate()`` encodes the images before the prefill and drops ``image_sizes``, which the
-LLaVA-NeXT layout needs; `images.ImageInputs` recovers them (the one piece that is not
-a hook: an instance attribute shadowing ``get_image_features``, removed on exit).
+In decoding steps every point's layers get a mask rebuilt for their shorter cache and the
+position clock continues where the prefill left it (the original one, or the compact one).
+The adapter supplies every family fact (`tokenprune.adapters.base.Adapter`); cue sources
+are registered (`tokenprune.capture`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from dataclasses import dataclass, field
@@ -34,21 +36,26 @@ from transformers.cache_utils import StaticLayer
 from transformers.masking_utils import create_causal_mask
 
 from tokenprune import adapters
-from tokenprune._values import is_int
+from tokenprune.adapters.base import Adapter, Point
 from tokenprune.adapters.inputs import input_ids_of
-from tokenprune.cues import ATTENTION_CUES, CUE_NAMES, Cues
-from tokenprune.engine.anatomy import TextStack, text_stack
-from tokenprune.engine.attention import last_query_attention, mean_query_attention
-from tokenprune.engine.compact import Compaction, compaction, scatter_candidates
-from tokenprune.engine.images import ImageInputs
+from tokenprune.capture.base import Capture, CueSource
+from tokenprune.cues import Cues
+from tokenprune.engine.compact import (
+    Compaction,
+    compaction,
+    is_right_padded,
+    last_real,
+    scatter_candidates,
+)
+from tokenprune.engine.schedule import POSITIONS, Stage, schedule
 from tokenprune.engine.tap import AttentionTap
 from tokenprune.errors import CueError, LayoutError, SpecError, TokenpruneError
 from tokenprune.layout import Layout
 from tokenprune.pruner import Pruner
-from tokenprune.pruner import pruner as build_pruner
+from tokenprune.registry import get_registry
 from tokenprune.selection import Keep, Selection
 
-__all__ = ["PruneBlock", "PruneRun", "PrunedSample", "prune"]
+__all__ = ["PruneBlock", "PruneRun", "PrunedSample", "StageRecord", "prune"]
 
 #: Models currently inside a `prune` block (hooks must not stack).
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()
@@ -56,53 +63,113 @@ _ACTIVE: weakref.WeakSet = weakref.WeakSet()
 
 @dataclass(frozen=True)
 class PrunedSample:
-    """What the last prefill kept of one sample.
+    """What one prune point of the last prefill kept of one sample.
 
     Attributes:
         selection: the sample's `Selection` (a batch of one over the batch's padded N).
-        layout: the sample's `Layout` (a batch of one, same N).
-        positions: ``(N,)`` long, each candidate's index in the sample's ``input_ids``
+        layout: the sample's `Layout` of the point's candidates (a batch of one, same N).
+        seq_index: ``(N,)`` long, each candidate's index in the sample's ``input_ids``
             row, -1 for padding candidates.
-        kept_positions: ``(K,)`` long, ``input_ids`` indices of the kept visual tokens,
+        kept_seq_index: ``(K,)`` long, ``input_ids`` indices of the kept visual tokens,
             ascending.
     """
 
     selection: Selection
     layout: Layout
-    positions: Tensor
-    kept_positions: Tensor
+    seq_index: Tensor
+    kept_seq_index: Tensor
+
+    @property
+    def positions(self) -> Tensor:
+        """Deprecated name of `seq_index`."""
+        return self.seq_index
+
+    @property
+    def kept_positions(self) -> Tensor:
+        """Deprecated name of `kept_seq_index`."""
+        return self.kept_seq_index
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one prune point did in the last prefill (batched).
+
+    Attributes:
+        point: ``"input"`` or the decoder layer index.
+        pruner: the stage's `Pruner`.
+        selection: `Selection` over the point's candidates: ``indices (B, K)``,
+            ``mask (B, N)``, ``scores (B, N)``.
+        layout: `Layout` of the point's candidates (B, N): all visual tokens at the first
+            point, the survivors of the earlier points later on.
+        seq_index: ``(B, N)`` long, each candidate's ``input_ids`` index, -1 padding.
+        kept: ``(B, L')`` long, the ``input_ids`` index of every slot of the sequence the
+            layers after the point see (-1 for padding slots); outputs computed after the
+            point (logits, hidden states) are laid out along it.
+    """
+
+    point: Point
+    pruner: Pruner
+    selection: Selection
+    layout: Layout
+    seq_index: Tensor
+    kept: Tensor
+
+    @property
+    def samples(self) -> list[PrunedSample]:
+        """One `PrunedSample` per sample."""
+        out = []
+        for b in range(self.selection.mask.shape[0]):
+            seq_index = self.seq_index[b]
+            kept = seq_index[self.selection.mask[b] & (seq_index >= 0)]
+            out.append(PrunedSample(self.selection[b], self.layout[b], seq_index, kept))
+        return out
 
 
 @dataclass
 class _Prefill:
-    """One prefill forward that prunes."""
+    """One prefill forward that prunes: the sequence as the next point will see it."""
 
-    visual: Tensor  # (B, L) bool
-    positions: Tensor  # (B, N) long, -1 padding
-    layout: Layout
-    token_mask: Tensor  # (B, L) bool, False for padding
-    cues: dict[str, Tensor] = field(default_factory=dict)
-    substitute: dict[str, Any] | None = None
+    inputs: dict[str, Any]
+    layout: Layout  # the original candidates
+    budgets: list[Tensor]  # per stage, (B,) long
+    token_mask: Tensor  # (B, L) bool, False for padding slots
+    visual: Tensor  # (B, L) bool, candidate slots
+    seq_index: Tensor  # (B, L) long, input_ids index of each slot
+    candidate: Tensor  # (B, L) long, original candidate index of each slot, -1 if none
+    prompt_length: int  # L of input_ids
+    stage: int = 0  # the next stage to run
+    capture: Capture | None = None
+    substitute: dict[str, Any] | None = None  # decoder-layer kwargs after the last point
+    masks: dict[Point, Tensor] = field(default_factory=dict)  # 2D masks of each point
+    shift: Tensor | None = None  # (B,) compact-position offset of decoding
 
 
 @dataclass
 class _Decode:
     """A forward that extends a pruned cache."""
 
-    short_mask: Tensor  # (B, L' + new) bool, the 2D mask of layers K..
+    pruned: _PrunedCache
+    new_columns: Tensor  # (B, T) bool, the attention mask of the tokens after the prompt
     substitute: dict[str, Any] | None = None
 
 
 @dataclass
 class _PrunedCache:
-    """What decoding needs to know about a cache that a pruned prefill wrote (its layers
-    K.. are shorter than layer 0). Stored on the cache object itself as
-    ``_CACHE_TAG``, so a ``copy.deepcopy`` of the cache (transformers' prompt-reuse
-    pattern) carries it along."""
+    """What decoding needs to know about a cache that a pruned prefill wrote. Stored on
+    the cache object itself as ``_CACHE_TAG``, so a ``copy.deepcopy`` of the cache
+    (transformers' prompt-reuse pattern) carries it along."""
 
-    layer: int  # K
-    prompt_length: int  # L, the prompt length as layer 0 holds it
-    short_mask: Tensor  # (B, L') bool
+    points: tuple[Point, ...]
+    positions: str
+    prompt_length: int  # L, the prompt length as input_ids has it
+    masks: dict[Point, Tensor]  # point -> (B, L') bool, the prompt slots its layers hold
+    shift: Tensor | None  # (B,) long, tokens dropped at "input" (compact positions)
+
+    @property
+    def layer0_length(self) -> int:
+        """The prompt length layer 0's cache holds."""
+        mask = self.masks.get("input")
+        return self.prompt_length if mask is None else mask.shape[1]
 
 
 #: Attribute of a cache written by a pruned prefill, holding its `_PrunedCache`.
@@ -114,56 +181,96 @@ class PruneRun:
 
     Attributes:
         model: the pruned VLM.
-        pruner: the `Pruner` in use.
-        layer: K, the first layer that sees only the kept tokens.
-        selection: the last prefill's batched `Selection` (``indices (B, K)``,
-            ``mask (B, N)``, ``scores (B, N)``), or None when it had no visual token.
-        layout: the last prefill's batched `Layout` (B, N), or None.
-        positions: ``(B, N)`` long, each candidate's ``input_ids`` index, -1 padding.
-        kept: ``(B, L')`` long, the ``input_ids`` index of every slot of the shortened
-            sequence that layers K.. see (left-padded, -1 for padding slots); the prefill's
-            outputs after layer K (logits, hidden states) are laid out along it.
+        stages: the schedule (`tokenprune.engine.schedule.Stage` per point, in order).
+        positions: ``"original"`` or ``"compact"``.
+        records: the last prefill, one `StageRecord` per point (empty before any, or
+            when it had no visual token).
         prefills: number of pruned prefills so far (with ``use_cache=False`` every
             forward of ``generate()`` is one).
     """
 
     def __init__(
-        self, model: nn.Module, pruner: Pruner, layer: int, generator: torch.Generator | None
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        stages: tuple[Stage, ...],
+        positions: str,
+        generator: torch.Generator | None,
     ):
         self.model = model
-        self.pruner = pruner
-        self.layer = layer
+        self.adapter = adapter
+        self.stages = stages
+        self.positions = positions
         self.generator = generator
-        self.selection: Selection | None = None
-        self.layout: Layout | None = None
-        self.positions: Tensor | None = None
-        self.kept: Tensor | None = None
+        self.records: list[StageRecord] = []
         self.prefills = 0
-        self._stack: TextStack = text_stack(model)
+        self._layers = {s.point: i for i, s in enumerate(stages) if s.point != "input"}
         self._signature = inspect.signature(model.forward)
+        self._text_signature = inspect.signature(adapter.text.model.forward)
         self._handles: list[RemovableHandle] = []
         self._tap: AttentionTap | None = None
-        self._images = ImageInputs(model)
+        self._sources = [_sources_for(stage) for stage in stages]
+        self._opened: list[Any] = []
         self._step: _Prefill | _Decode | None = None
+
+    # ----------------------------------------------------------- last prefill
+    @property
+    def pruner(self) -> Pruner:
+        """The last stage's `Pruner` (the only one of a one-point block)."""
+        return self.stages[-1].pruner
+
+    @property
+    def layer(self) -> Point:
+        """The last stage's point (the only one of a one-point block)."""
+        return self.stages[-1].point
+
+    def _last(self, name: str) -> Any:
+        return getattr(self.records[-1], name) if self.records else None
+
+    @property
+    def selection(self) -> Selection | None:
+        """The last point's batched `Selection` of the last prefill, or None."""
+        return self._last("selection")
+
+    @property
+    def layout(self) -> Layout | None:
+        """The last point's batched candidate `Layout`, or None."""
+        return self._last("layout")
+
+    @property
+    def seq_index(self) -> Tensor | None:
+        """``(B, N)`` long: the last point's candidates' ``input_ids`` indices, or None."""
+        return self._last("seq_index")
+
+    @property
+    def kept(self) -> Tensor | None:
+        """``(B, L')`` long: the ``input_ids`` index of every slot after the last point
+        (-1 padding); the prefill's logits are laid out along it. None before any."""
+        return self._last("kept")
+
+    @property
+    def samples(self) -> list[PrunedSample]:
+        """The last point of the last prefill, one `PrunedSample` per sample."""
+        return self.records[-1].samples if self.records else []
 
     @property
     def selections(self) -> list[PrunedSample]:
-        """The last prefill, one `PrunedSample` per sample (empty before any)."""
-        if self.selection is None:
-            return []
-        out = []
-        for b in range(self.selection.indices.shape[0]):
-            positions = self.positions[b]
-            kept = positions[self.selection.mask[b] & (positions >= 0)]
-            out.append(PrunedSample(self.selection[b], self.layout[b], positions, kept))
-        return out
+        """Deprecated name of `samples`."""
+        return self.samples
 
     # ------------------------------------------------------------------ install
     def _open(self) -> None:
-        stack, k = self._stack, self.layer
-        self._images.open()
-        if self.pruner.requires & ATTENTION_CUES:
-            self._tap = AttentionTap(self.model, stack, self._on_attention)
+        adapter, text = self.adapter, self.adapter.text
+        adapter.open()
+        self._opened.append(adapter)
+        for sources in self._sources:
+            for source in sources:
+                source.open(adapter)
+                self._opened.append(source)
+        if any(s.uses_attention for sources in self._sources for s in sources):
+            self._tap = AttentionTap(
+                self.model, text.config, text.config_key, self._on_attention, adapter.attention(0)
+            )
             self._tap.open()
         self._handles.append(
             self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
@@ -171,11 +278,20 @@ class PruneRun:
         self._handles.append(
             self.model.register_forward_hook(self._on_model_return, always_call=True)
         )
-        for index in range(k, stack.num_layers):
-            hook = self._on_pruning_layer if index == k else self._on_later_layer
+        if self.stages[0].point == "input":
             self._handles.append(
-                stack.layers[index].register_forward_pre_hook(hook, with_kwargs=True)
+                text.model.register_forward_pre_hook(self._on_language_model, with_kwargs=True)
             )
+        if self._layers:
+            for index in range(min(self._layers), text.num_layers):
+                hook = (
+                    functools.partial(self._on_point, index)
+                    if index in self._layers
+                    else self._on_later_layer
+                )
+                self._handles.append(
+                    text.layers[index].register_forward_pre_hook(hook, with_kwargs=True)
+                )
 
     def _close(self) -> None:
         try:
@@ -187,13 +303,15 @@ class PruneRun:
                 if self._tap is not None:
                     self._tap.close()
             finally:
-                self._images.close()
+                for opened in reversed(self._opened):
+                    opened.close()
+                self._opened.clear()
             self._step = None
 
     # -------------------------------------------------------------------- hooks
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        inputs = self._bind(args, kwargs)
-        cache = inputs.get("cache", inputs.get("past_key_values"))
+        inputs = _bind(self._signature, args, kwargs)
+        cache = _cache_of(inputs)
         past = cache.get_seq_length() if cache is not None else 0
         self._step = self._prefill(inputs, cache) if past == 0 else self._decode(inputs, cache)
 
@@ -202,30 +320,57 @@ class PruneRun:
 
     def _on_attention(self, module: nn.Module, query: Tensor, key: Tensor, scaling: float) -> None:
         step = self._step
-        if not isinstance(step, _Prefill) or module is not self._stack.attention(self.layer - 1):
+        if not isinstance(step, _Prefill) or step.stage >= len(self.stages):
             return
-        requires = self.pruner.requires
-        if "attention" in requires:
-            step.cues["attention"] = last_query_attention(query, key, step.token_mask, scaling)
-        if requires & {"text_attention", "self_attention"}:
-            step.cues.update(_fitprune_cues(query, key, step, scaling))
+        point = self.stages[step.stage].point
+        if point == "input" or module is not self.adapter.attention(point - 1):
+            return
+        for source in self._sources[step.stage]:
+            if source.uses_attention:
+                source.on_attention(step.capture, query, key, scaling)
 
-    def _on_pruning_layer(self, layer: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+    def _on_language_model(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        step = self._step
+        if isinstance(step, _Prefill) and step.stage < len(self.stages):
+            if self.stages[step.stage].point != "input":
+                return None
+            inputs = _bind(self._text_signature, args, kwargs)
+            embeds = inputs.get("inputs_embeds")
+            if embeds is None:
+                raise TokenpruneError(
+                    f"layer: 'input' needs the language model ({type(module).__name__}) to "
+                    f"receive inputs_embeds, got input_ids only"
+                )
+            short, replace = self._prune_input(embeds, inputs, step)
+            return (), {**inputs, **replace, "inputs_embeds": short}
+        if isinstance(step, _Decode) and "input" in step.pruned.masks:
+            inputs = _bind(self._text_signature, args, kwargs)
+            return (), {**inputs, **self._decode_input(inputs, step)}
+        return None
+
+    def _on_point(self, point: int, layer: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         step = self._step
         if step is None:
             return None
+        index = self._layers[point]
         hidden = args[0] if args else kwargs["hidden_states"]
         if isinstance(step, _Prefill):
-            hidden, step.substitute = self._prune(hidden, kwargs, step)
+            if step.stage != index:
+                return None
+            hidden, step.substitute = self._prune_layer(hidden, kwargs, step)
             args, kwargs = _with_hidden(hidden, args, kwargs)
         else:
+            mask2d = torch.cat([step.pruned.masks[point], step.new_columns], dim=1)
+            position_ids = kwargs.get("position_ids")
             mask = create_causal_mask(
-                config=self._stack.config,
+                config=self.adapter.text.config,
                 inputs_embeds=hidden,
-                attention_mask=step.short_mask,
+                attention_mask=mask2d,
                 cache=_cache_of(kwargs),
-                position_ids=kwargs.get("position_ids"),
-                layer_idx=self.layer,
+                position_ids=None
+                if position_ids is None
+                else self.adapter.mask_positions(position_ids),
+                layer_idx=point,
             )
             step.substitute = {"attention_mask": mask}
         return args, {**kwargs, **step.substitute}
@@ -237,36 +382,21 @@ class PruneRun:
         return args, {**kwargs, **step.substitute}
 
     # ------------------------------------------------------------------- steps
-    def _bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
-        extra = {
-            name: bound.pop(name)
-            for name, p in self._signature.parameters.items()
-            if p.kind is p.VAR_KEYWORD and name in bound
-        }
-        for more in extra.values():
-            bound.update(more)
-        return bound
-
     def _prefill(self, inputs: dict[str, Any], cache: Any) -> _Prefill | None:
         # Every prefill replaces the last one's record, also when it prunes nothing, and
         # a cache being refilled from empty (e.g. after reset()) is no longer pruned.
         if cache is not None and getattr(cache, _CACHE_TAG, None) is not None:
             delattr(cache, _CACHE_TAG)
-        self.selection = self.layout = self.positions = self.kept = None
+        self.records = []
         if inputs.get("input_ids") is None and not _has_images(inputs):
             return None
         input_ids = input_ids_of(inputs)
-        visual = adapters.visual_token_mask(self.model, input_ids)
+        visual = self.adapter.visual_mask(input_ids)
         if not bool(visual.any()):
             return None
         _check_prunable(inputs, cache)
-        if inputs.get("image_sizes") is None and inputs.get("mm_encoder_outputs"):
-            sizes = self._images.image_sizes(inputs["mm_encoder_outputs"])
-            if sizes is not None:
-                inputs = {**inputs, "image_sizes": sizes}
-        layout = adapters.layout(self.model, **inputs).to(input_ids.device)
-        positions = _candidate_positions(visual, layout)
+        inputs = self.adapter.recover_inputs(inputs)
+        layout = self.adapter.layout(**inputs).to(input_ids.device)
         attention_mask = inputs.get("attention_mask")
         token_mask = (
             torch.ones_like(visual) if attention_mask is None else attention_mask.to(torch.bool)
@@ -276,74 +406,222 @@ class PruneRun:
                 f"attention_mask: expected a 2D mask of shape {tuple(visual.shape)} like "
                 f"input_ids, got {tuple(token_mask.shape)}"
             )
-        return _Prefill(visual, positions, layout, token_mask)
+        candidate = _candidate_of_slot(visual, layout)
+        num_valid = layout.num_valid()
+        budgets = [stage.pruner.budget(num_valid) for stage in self.stages]
+        length = input_ids.shape[1]
+        step = _Prefill(
+            inputs=inputs,
+            layout=layout,
+            budgets=budgets,
+            token_mask=token_mask,
+            visual=visual,
+            seq_index=torch.arange(length, device=visual.device).expand_as(visual),
+            candidate=candidate,
+            prompt_length=length,
+        )
+        step.capture = self._capture(step)
+        return step
+
+    def _capture(self, step: _Prefill) -> Capture:
+        """The `Capture` of the next point, over the current slots."""
+        return Capture(
+            point=self.stages[step.stage].point,
+            adapter=self.adapter,
+            inputs=step.inputs,
+            token_mask=step.token_mask,
+            visual=step.visual,
+            candidates=_slots_of_candidates(step.visual),
+            seq_index=step.seq_index,
+            last=last_real(step.token_mask),
+        )
 
     def _decode(self, inputs: dict[str, Any], cache: Any) -> _Decode | None:
         pruned = getattr(cache, _CACHE_TAG, None)
         if pruned is None:
             return None  # a cache no pruned prefill wrote: the model runs as usual
-        if pruned.layer != self.layer:
+        points = tuple(s.point for s in self.stages)
+        if pruned.points != points or pruned.positions != self.positions:
             raise TokenpruneError(
-                f"past_key_values: expected a cache pruned at layer {self.layer} (this block's "
-                f"layer), got one pruned at layer {pruned.layer}"
+                f"past_key_values: expected a cache pruned at {list(points)} with positions="
+                f"{self.positions!r} (this block's), got one pruned at {list(pruned.points)} "
+                f"with positions={pruned.positions!r}"
             )
         attention_mask = inputs.get("attention_mask")
+        batch = next(iter(pruned.masks.values())).shape[0]
+        device = next(iter(pruned.masks.values())).device
         if attention_mask is None:
+            generated = cache.get_seq_length() - pruned.layer0_length
             new = (
                 inputs.get("input_ids")
                 if inputs.get("input_ids") is not None
                 else inputs["inputs_embeds"]
             ).shape[1]
-            total = cache.get_seq_length() + new
-            attention_mask = torch.ones(
-                pruned.short_mask.shape[0], total, dtype=torch.bool, device=pruned.short_mask.device
-            )
-        new_columns = attention_mask[:, pruned.prompt_length :].to(torch.bool)
-        return _Decode(torch.cat([pruned.short_mask, new_columns], dim=1))
+            new_columns = torch.ones(batch, generated + new, dtype=torch.bool, device=device)
+        else:
+            new_columns = attention_mask[:, pruned.prompt_length :].to(torch.bool)
+        return _Decode(pruned, new_columns)
 
-    def _prune(self, hidden: Tensor, kwargs: dict, step: _Prefill) -> tuple[Tensor, dict[str, Any]]:
-        """Select the kept tokens from ``hidden (B, L, H)`` entering layer K; return the
-        shortened hidden states ``(B, L', H)`` and the other inputs of layers K.."""
-        selection = self.pruner(self._cues(hidden, step))
+    def _decode_input(self, inputs: dict[str, Any], step: _Decode) -> dict[str, Any]:
+        """The language model's mask and position ids in a decoding step after ``"input"``."""
+        pruned = step.pruned
+        replace: dict[str, Any] = {
+            "attention_mask": torch.cat([pruned.masks["input"], step.new_columns], dim=1)
+        }
+        position_ids = inputs.get("position_ids")
+        if position_ids is not None and pruned.shift is not None:
+            replace["position_ids"] = position_ids - pruned.shift.view(-1, 1)
+        elif position_ids is None and pruned.shift is None:
+            # The model would count positions from its (shorter) cache: continue the
+            # original clock instead.
+            embeds = inputs.get("inputs_embeds")
+            cache = _cache_of(inputs)
+            new = embeds.shape[1] if embeds is not None else inputs["input_ids"].shape[1]
+            past = cache.get_seq_length() if cache is not None else 0
+            offset = pruned.prompt_length - pruned.layer0_length
+            start = past + offset
+            replace["position_ids"] = torch.arange(
+                start, start + new, device=step.new_columns.device
+            ).unsqueeze(0)
+        return replace
+
+    # ------------------------------------------------------------------ pruning
+    def _select(self, step: _Prefill, hidden: Tensor) -> tuple[Selection, Compaction, Layout]:
+        """Run the current stage on ``hidden (B, L, H)`` at its point; return the
+        selection, the compaction of the current slots and the candidates' layout."""
+        stage = self.stages[step.stage]
+        capture = step.capture
+        capture.hidden = hidden
+        index = capture.candidates
+        original = torch.where(
+            index >= 0, step.candidate.gather(1, index.clamp(min=0)), torch.full_like(index, -1)
+        )
+        layout = step.layout if step.stage == 0 else step.layout.take(original)
+        tensors: dict[str, Tensor] = {}
+        for source in self._sources[step.stage]:
+            tensors.update(source.capture(capture))
+        builtin = {k: v for k, v in tensors.items() if k in _CUE_FIELDS}
+        extra = {k: v for k, v in tensors.items() if k not in _CUE_FIELDS}
+        cues = Cues.trusted(layout, generator=self.generator, extra=extra, **builtin)
+        selection = stage.pruner.select(cues, step.budgets[step.stage])
+        length = step.visual.shape[1]
         keep = step.token_mask & (
-            ~step.visual | scatter_candidates(selection.mask, step.positions, step.visual.shape[1])
+            ~step.visual | scatter_candidates(selection.mask, index, length)
         )
-        plan = compaction(keep)
-        short_hidden, substitute = _shorten(plan, hidden, kwargs, self._stack.config, self.layer)
-        cache = _cache_of(kwargs)
-        if cache is not None:
-            setattr(cache, _CACHE_TAG, _PrunedCache(self.layer, keep.shape[1], plan.mask))
-        self.selection, self.layout, self.positions, self.kept = (
-            selection,
-            step.layout,
-            step.positions,
-            plan.source,
+        plan = compaction(keep, right_padded=is_right_padded(step.token_mask))
+        seq_index = capture.seq_index.gather(1, index.clamp(min=0)).masked_fill(index < 0, -1)
+        kept = plan.gather(step.seq_index).masked_fill(~plan.mask, -1)
+        self.records.append(StageRecord(stage.point, stage.pruner, selection, layout, seq_index, kept))
+        # The sequence the next point sees.
+        step.token_mask = plan.mask
+        step.visual = plan.gather(step.visual) & plan.mask
+        step.seq_index = kept
+        step.candidate = plan.gather(step.candidate).masked_fill(~plan.mask, -1)
+        step.masks[stage.point] = plan.mask
+        step.stage += 1
+        if step.stage < len(self.stages):
+            step.capture = self._capture(step)
+        else:
+            self.prefills += 1
+        return selection, plan, layout
+
+    def _prune_input(
+        self, embeds: Tensor, inputs: dict[str, Any], step: _Prefill
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Shorten the language model's inputs at ``"input"``."""
+        adapter = self.adapter
+        position_ids = adapter.position_ids(inputs, embeds.shape[1], embeds.device)
+        _, plan, _ = self._select(step, embeds)
+        short_positions = plan.positions(position_ids)
+        if self.positions == "compact":
+            # Decoding continues on the compact clock: generate() counts the original
+            # prompt's tokens, so each sample's dropped tokens are subtracted from then on.
+            step.shift = inputs_real_tokens(inputs, embeds) - plan.mask.sum(dim=1)
+            short_positions = adapter.compact_positions(plan.mask, short_positions)
+        replace = {"attention_mask": plan.mask, "position_ids": short_positions}
+        replace.update(adapter.shorten_inputs("input", inputs, plan))
+        self._tag(inputs, step)
+        return plan.gather(embeds), replace
+
+    def _prune_layer(
+        self, hidden: Tensor, kwargs: dict, step: _Prefill
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Shorten the inputs of the decoder layers from the current point on."""
+        adapter = self.adapter
+        point = self.stages[step.stage].point
+        current = {**kwargs, **(step.substitute or {})}
+        position_ids = adapter.position_ids(current, hidden.shape[1], hidden.device)
+        _, plan, _ = self._select(step, hidden)
+        short_hidden = plan.gather(hidden)
+        short_positions = plan.positions(position_ids)
+        substitute: dict[str, Any] = {"position_ids": short_positions}
+        rotary = current.get("position_embeddings")
+        if rotary is not None:
+            substitute["position_embeddings"] = tuple(plan.gather(t, dim=-2) for t in rotary)
+        substitute["attention_mask"] = create_causal_mask(
+            config=adapter.text.config,
+            inputs_embeds=short_hidden,
+            attention_mask=plan.mask,
+            cache=_cache_of(kwargs),
+            position_ids=adapter.mask_positions(short_positions),
+            layer_idx=point,
         )
-        self.prefills += 1
+        substitute.update(adapter.shorten_inputs(point, current, plan))
+        self._tag(kwargs, step)
         return short_hidden, substitute
 
-    def _cues(self, hidden: Tensor, step: _Prefill) -> Cues:
-        requires = self.pruner.requires
-        missing = sorted((requires & ATTENTION_CUES) - step.cues.keys())
-        if missing:
-            raise CueError(
-                f"{missing[0]}: expected layer {self.layer - 1}'s attention to be captured, but "
-                f"the language model did not call its attention function through transformers' "
-                f"AttentionInterface (attention implementation "
-                f"{self._stack.config._attn_implementation!r})"
+    def _tag(self, kwargs: dict, step: _Prefill) -> None:
+        cache = _cache_of(kwargs)
+        if cache is not None and step.stage == len(self.stages):
+            tag = _PrunedCache(
+                points=tuple(s.point for s in self.stages),
+                positions=self.positions,
+                prompt_length=step.prompt_length,
+                masks=dict(step.masks),
+                shift=step.shift,
             )
-        cues: dict[str, Tensor] = {}
-        index = step.positions.clamp(min=0)
-        for name in sorted(requires & ATTENTION_CUES):
-            cues[name] = step.cues[name].gather(1, index).masked_fill(step.positions < 0, 0.0)
-        if requires & {"keys", "hidden"}:
-            candidates = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            if "hidden" in requires:
-                cues["hidden"] = candidates
-            if "keys" in requires:
-                # The raw input, no norm and no RoPE, as the AdaptPrune code does.
-                cues["keys"] = self._stack.attention(self.layer).k_proj(candidates)
-        return Cues(step.layout, generator=self.generator, **cues)
+            setattr(cache, _CACHE_TAG, tag)
+
+
+_CUE_FIELDS = frozenset({"attention", "keys", "hidden", "text_attention", "self_attention"})
+
+
+def inputs_real_tokens(inputs: dict[str, Any], embeds: Tensor) -> Tensor:
+    """``(B,)`` long: real (non-padding) tokens of the language model's prompt."""
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return torch.full((embeds.shape[0],), embeds.shape[1], device=embeds.device)
+    return mask.to(torch.bool).sum(dim=1)
+
+
+def _sources_for(stage: Stage) -> list[CueSource]:
+    """One instance of every registered source that provides a cue the stage's pruner
+    requires (each source once)."""
+    registry = get_registry()
+    classes: list[type] = []
+    for name in sorted(stage.pruner.requires):
+        if not registry.has("cue", name):
+            known = ", ".join(registry.names("cue"))
+            raise CueError(
+                f"{name}: pruner {stage.pruner.spec!r} needs cue {name!r}, which no cue source "
+                f"provides (registered cues: {known}); install the plugin that provides it"
+            )
+        cls = registry.get("cue", name).cls
+        if cls not in classes:
+            classes.append(cls)
+    return [cls() for cls in classes]
+
+
+def _bind(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    extra = {
+        name: bound.pop(name)
+        for name, p in signature.parameters.items()
+        if p.kind is p.VAR_KEYWORD and name in bound
+    }
+    for more in extra.values():
+        bound.update(more)
+    return bound
 
 
 def _with_hidden(hidden: Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -382,8 +660,18 @@ def _cache_of(kwargs: dict) -> Any:
     return kwargs.get("cache", kwargs.get("past_key_values"))
 
 
-def _candidate_positions(visual: Tensor, layout: Layout) -> Tensor:
-    """``(B, N)`` long: sequence index of each candidate, -1 for padding candidates.
+def _slots_of_candidates(visual: Tensor) -> Tensor:
+    """``(B, N)`` long: the slots of the True entries of ``visual (B, L)``, in order, -1
+    padding; N = the most in a sample."""
+    length = visual.shape[1]
+    n = int(visual.sum(dim=1).max()) if visual.numel() else 0
+    order = torch.where(visual, torch.arange(length, device=visual.device), length)
+    slots = order.sort(dim=1).values[:, :n]
+    return torch.where(slots < length, slots, torch.full_like(slots, -1))
+
+
+def _candidate_of_slot(visual: Tensor, layout: Layout) -> Tensor:
+    """``(B, L)`` long: the candidate index of each visual slot, -1 elsewhere.
 
     Candidates are the visual tokens in ``input_ids`` order (the adapters' contract);
     this checks that the layout describes exactly them.
@@ -395,107 +683,61 @@ def _candidate_positions(visual: Tensor, layout: Layout) -> Tensor:
             f"layout: expected {counts.tolist()} valid candidates per sample (the visual tokens "
             f"of input_ids), got {valid.tolist()} from the adapter"
         )
-    n = layout.num_tokens
-    length = visual.shape[1]
-    order = torch.where(visual, torch.arange(length, device=visual.device), length)
-    positions = order.sort(dim=1).values[:, :n]
-    return torch.where(positions < length, positions, torch.full_like(positions, -1))
+    rank = visual.long().cumsum(dim=1) - 1
+    return torch.where(visual, rank, torch.full_like(rank, -1))
 
 
-def _fitprune_cues(query: Tensor, key: Tensor, step: _Prefill, scaling: float) -> dict[str, Tensor]:
-    """Text-to-token and visual-to-token mean attention, ``(B, L)`` each."""
-    text = step.token_mask & ~step.visual
-    weights = torch.stack([text, step.visual]).float()
-    weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1)
-    text_attention, self_attention = mean_query_attention(
-        query, key, step.token_mask, weights, scaling
-    )
-    return {"text_attention": text_attention, "self_attention": self_attention}
-
-
-def _shorten(
-    plan: Compaction, hidden: Tensor, kwargs: dict, config: Any, layer: int
-) -> tuple[Tensor, dict[str, Any]]:
-    """The inputs of layers K.. over the kept tokens: hidden states ``(B, L', H)``, and
-    the rotary embeddings, position ids and causal mask (rebuilt by the model's own mask
-    function) that every layer K.. receives."""
-    short_hidden = plan.gather(hidden)
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None:
-        position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    short_positions = plan.positions(position_ids)
-    substitute: dict[str, Any] = {"position_ids": short_positions}
-    rotary = kwargs.get("position_embeddings")
-    if rotary is not None:
-        substitute["position_embeddings"] = tuple(plan.gather(t) for t in rotary)
-    substitute["attention_mask"] = create_causal_mask(
-        config=config,
-        inputs_embeds=short_hidden,
-        attention_mask=plan.mask,
-        cache=_cache_of(kwargs),
-        position_ids=short_positions,
-        layer_idx=layer,
-    )
-    return short_hidden, substitute
-
-
-def _resolve(spec: str | Pruner, keep: Keep | None) -> Pruner:
-    if isinstance(spec, Pruner):
-        return spec if keep is None else spec.with_keep(keep)
-    return build_pruner(spec, keep=keep)
-
-
-def _check(stack: TextStack, pruner: Pruner, k: int) -> None:
-    """Refuse a ``layer`` / pruner pair this language model cannot run."""
-    requires = pruner.requires
-    if not is_int(k) or not 0 <= int(k) < stack.num_layers:
+def _check(adapter: Adapter, stages: tuple[Stage, ...], positions: str) -> None:
+    """Refuse a schedule this model cannot run, before anything is installed."""
+    if positions not in POSITIONS:
+        raise SpecError(f"positions: expected one of {', '.join(map(repr, POSITIONS))}, got {positions!r}")
+    if positions == "compact" and stages[0].point != "input":
         raise SpecError(
-            f"layer: expected an int in [0, {stack.num_layers - 1}] (the first of the "
-            f"model's {stack.num_layers} decoder layers to see only the kept tokens), got {k!r}"
+            "positions: 'compact' renumbers the kept tokens before any layer runs, so it needs "
+            f"a first prune point layer='input', got {stages[0].point!r} (layers below a decoder "
+            "point have already run at the original positions)"
         )
-    unknown = sorted(requires - set(CUE_NAMES))
-    if unknown:
-        raise CueError(
-            f"{unknown[0]}: pruner {pruner.spec!r} needs cue(s) {unknown} that the engine "
-            f"cannot capture; it captures {', '.join(CUE_NAMES)}"
-        )
-    attention = sorted(requires & ATTENTION_CUES)
-    if attention and k == 0:
-        raise CueError(
-            f"{attention[0]}: pruner {pruner.spec!r} needs attention of the layer before "
-            f"the pruning layer, but layer=0 has none; use layer >= 1"
-        )
-    if "keys" in requires and not isinstance(
-        getattr(stack.attention(k), "k_proj", None), nn.Module
-    ):
-        raise CueError(
-            f"keys: pruner {pruner.spec!r} needs the keys of layer {k}, but its attention "
-            f"{type(stack.attention(k)).__name__} has no `k_proj` projection"
-        )
+    for stage in stages:
+        adapter.check_point(stage.point)
+        for source in _sources_for(stage):
+            source.check(stage.point, adapter)
 
 
 def prune(
     model: nn.Module,
-    pruner: str | Pruner,
+    pruner: str | Pruner | None = None,
     keep: Keep | None = None,
-    layer: int = 2,
+    layer: Point | dict = 2,
     generator: torch.Generator | None = None,
+    positions: str = "original",
 ) -> PruneBlock:
     """Prune visual tokens inside ``model``'s prefill for the duration of a ``with`` block.
 
     ```python
     with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2) as run:
         out = model.generate(**inputs, max_new_tokens=32)
-    run.selections[0].kept_positions    # input_ids indices of the kept tokens
+    run.samples[0].kept_seq_index    # input_ids indices of the kept tokens
     ```
 
-    Layers ``0..layer-1`` see every token; from ``layer`` on (and in their KV cache) each
-    sample holds its text tokens and the visual tokens the pruner kept, at their original
-    rotary positions. Works with ``generate()`` (greedy, sampling, beams; with or without
-    a dynamic cache, including a ``copy.deepcopy`` of a pruned prompt cache), left-padded
-    batches and any attention implementation the language model calls through
-    transformers' ``AttentionInterface``. Prompts without visual tokens run untouched.
-    With ``use_cache=False`` every forward is a prefill and is pruned.
+    Prune points (``layer``):
+
+    - an int: decoder layers ``0..layer-1`` see every token; from ``layer`` on (and in
+      their KV cache) each sample holds its text tokens and the kept visual tokens;
+    - ``"input"``: the projected visual embeddings are pruned before decoder layer 0, so
+      dropped tokens never reach any layer or the KV cache (the point a serving engine
+      can use);
+    - a dict ``{point: (pruner, keep), ...}`` (or ``{point: pruner}`` with ``keep=``, or
+      ``{point: keep}`` with ``pruner=``): one stage per point, each seeing only the
+      survivors of the earlier ones, each ``keep`` a fraction of the sample's ORIGINAL
+      visual tokens (``{2: ("fastv", 0.5), 16: ("fastv", 0.25)}``: PyramidDrop-like).
+
+    Kept tokens keep their original position ids (1-D or M-RoPE) unless
+    ``positions="compact"`` (``"input"`` only) renumbers them; decoding continues on the
+    matching clock. Works with ``generate()`` (greedy, sampling, beams; with or without a
+    dynamic cache, including a ``copy.deepcopy`` of a pruned prompt cache), padded batches
+    and any attention implementation the language model calls through transformers'
+    ``AttentionInterface``. Prompts without visual tokens run untouched. With
+    ``use_cache=False`` every forward is a prefill and is pruned.
 
     Args:
         model: a transformers VLM with a registered adapter (``llava``, ``llava_next``,
@@ -503,23 +745,27 @@ def prune(
         pruner: a recipe name, spec string or `Pruner`.
         keep: kept fraction in (0, 1] of each sample's visual tokens (floored, at least
             1) or a count; overrides a `Pruner`'s own ``keep`` when given.
-        layer: K, the first decoder layer that sees only the kept tokens.
+        layer: the prune point(s), see above.
         generator: random source for random strategies.
+        positions: ``"original"`` (default) or ``"compact"``.
 
     Returns:
         a reusable `PruneBlock`; each ``with`` yields a fresh `PruneRun` holding that
-        block's selections.
+        block's records.
 
     Raises:
-        SpecError: bad ``pruner`` / ``keep``, ``layer`` out of range, or a ``generator``
-            that is not a ``torch.Generator``.
-        CueError: the pruner needs a cue this model / layer cannot give.
+        SpecError: bad ``pruner`` / ``keep`` / ``layer`` / ``positions``, or a
+            ``generator`` that is not a ``torch.Generator``.
+        CueError: a pruner needs a cue this model / point cannot give.
         UnsupportedModelError: no adapter for the model, or a language model the engine
             cannot hook.
         TokenpruneError: inside the block, a static cache, ``labels``, or a cache pruned
-            at another layer.
+            with another schedule.
     """
-    return PruneBlock(model, _resolve(pruner, keep), layer, generator)
+    adapter = adapters.adapter_for(model)
+    stages = schedule(pruner, keep, layer, adapter.text.num_layers)
+    _check(adapter, stages, positions)
+    return PruneBlock(model, adapter, stages, positions, generator)
 
 
 class PruneBlock:
@@ -528,14 +774,28 @@ class PruneBlock:
     removes them, also after an exception."""
 
     def __init__(
-        self, model: nn.Module, pruner: Pruner, layer: int, generator: torch.Generator | None
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        stages: tuple[Stage, ...],
+        positions: str,
+        generator: torch.Generator | None,
     ) -> None:
-        adapters.adapter_for(model)
-        _check(text_stack(model), pruner, layer)
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise SpecError(f"generator: expected a torch.Generator or None, got {generator!r}")
-        self.model, self.pruner, self.layer, self.generator = model, pruner, int(layer), generator
+            raise SpecError(
+                f"generator: expected a torch.Generator or None, got {type(generator).__name__}"
+            )
+        self.model, self.adapter, self.stages = model, adapter, stages
+        self.positions, self.generator = positions, generator
         self._run: PruneRun | None = None
+
+    @property
+    def pruner(self) -> Pruner:
+        return self.stages[-1].pruner
+
+    @property
+    def layer(self) -> Point:
+        return self.stages[-1].point
 
     def __enter__(self) -> PruneRun:
         if self.model in _ACTIVE:
@@ -543,7 +803,7 @@ class PruneBlock:
                 f"model: expected a model outside any other tokenprune.prune block, got "
                 f"{type(self.model).__name__} already being pruned"
             )
-        run = PruneRun(self.model, self.pruner, self.layer, self.generator)
+        run = PruneRun(self.model, self.adapter, self.stages, self.positions, self.generator)
         _ACTIVE.add(self.model)
         try:
             run._open()

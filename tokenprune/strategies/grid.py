@@ -74,8 +74,8 @@ def cell_grid(layout: Layout) -> CellGrid:
     place = torch.stack(
         [
             cells,
-            torch.nan_to_num(layout.positions[..., 0]).long(),
-            torch.nan_to_num(layout.positions[..., 1]).long(),
+            torch.nan_to_num(layout.coords[..., 0]).long(),
+            torch.nan_to_num(layout.coords[..., 1]).long(),
             region_values(layout, shapes[..., 0]),
             region_values(layout, shapes[..., 1]),
         ],

@@ -66,7 +66,7 @@ def grid_cells(layout: Layout, cell: int) -> Tensor:
     blocks_w = torch.div(shapes[..., 1] + cell - 1, cell, rounding_mode="floor")
     count = blocks_h * blocks_w
     base = torch.cumsum(count, dim=1) - count
-    pos = torch.nan_to_num(layout.positions).long()
+    pos = torch.nan_to_num(layout.coords).long()
     ids = (
         region_values(layout, base)
         + torch.div(pos[..., 0], cell, rounding_mode="floor") * region_values(layout, blocks_w)

@@ -373,7 +373,7 @@ class SoftNMS(Selector):
             run = _window_steps
             args = (grid, offsets, distance2, keys, inv, self._checked_decays, across, frame_distance)
         else:
-            positions = torch.nan_to_num(layout.positions).to(dtype)
+            positions = torch.nan_to_num(layout.coords).to(dtype)
             regions = torch.where(layout.placed, layout.regions, -1)
             if across is not None:
                 frame_distance = torch.cat([positions.new_zeros(layout.num_tokens), frame_distance])

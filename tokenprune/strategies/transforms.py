@@ -39,7 +39,7 @@ def gaussian_map(layout: Layout, sigma: float | None = None) -> Tensor:
     shapes = layout.region_shapes
     h = region_values(layout, shapes[..., 0])
     w = region_values(layout, shapes[..., 1])
-    pos = torch.nan_to_num(layout.positions).long()
+    pos = torch.nan_to_num(layout.coords).long()
     y, y0 = _axis_coordinate(pos[..., 0], h)
     x, x0 = _axis_coordinate(pos[..., 1], w)
     if sigma is None:

@@ -86,3 +86,12 @@ class ImageInputs:
                 "pixel_values and image_sizes to the model instead of pre-encoded features"
             )
         return torch.stack(sizes).long()
+
+    def recover(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` with ``image_sizes`` restored when ``generate()`` replaced the images
+        by ``mm_encoder_outputs``."""
+        if inputs.get("image_sizes") is None and inputs.get("mm_encoder_outputs"):
+            sizes = self.image_sizes(inputs["mm_encoder_outputs"])
+            if sizes is not None:
+                return {**inputs, "image_sizes": sizes}
+        return inputs

@@ -43,20 +43,33 @@ def _probabilities(query: Tensor, key: Tensor, allowed: Tensor, scaling: float) 
     return probabilities.flatten(1, 2)
 
 
-def last_query_attention(query: Tensor, key: Tensor, key_mask: Tensor, scaling: float) -> Tensor:
-    """Attention of the last query to every key, mean over heads (FastV's cue).
+def last_query_attention(
+    query: Tensor, key: Tensor, key_mask: Tensor, scaling: float, last: Tensor | None = None
+) -> Tensor:
+    """Attention of each sample's last real query to every key, mean over heads (FastV's cue).
 
     Args:
-        query: ``(B, Hq, Q, d)`` post-RoPE queries; only ``query[:, :, -1]`` is used.
+        query: ``(B, Hq, Q, d)`` post-RoPE queries; only row ``last[b]`` of sample b is used
+            (``Q - 1`` for every sample when ``last`` is None).
         key: ``(B, Hkv, L, d)`` post-RoPE keys (grouped-query heads are shared).
         key_mask: ``(B, L)`` bool, False for padding keys.
         scaling: the softmax scale the layer uses.
+        last: ``(B,)`` long, the query row of each sample (its last real token; a
+            right-padded sample's is not ``Q - 1``).
 
     Returns:
-        ``(B, L)`` float32, post-softmax, zero on padding keys.
+        ``(B, L)`` float32, post-softmax, zero on padding keys and on keys after ``last``.
     """
-    allowed = key_mask[:, None, :]
-    return _probabilities(query[:, :, -1:], key, allowed, scaling).mean(dim=1)[:, 0]
+    if last is None:
+        rows = query[:, :, -1:]
+        allowed = key_mask[:, None, :]
+    else:
+        index = last.view(-1, 1, 1, 1).expand(-1, query.shape[1], 1, query.shape[3])
+        rows = query.gather(2, index)
+        # Causal from the query's own row (in a prefill, query i sits at key i).
+        causal = torch.arange(key.shape[2], device=key.device)[None] <= last[:, None]
+        allowed = (key_mask & causal)[:, None, :]
+    return _probabilities(rows, key, allowed, scaling).mean(dim=1)[:, 0]
 
 
 def mean_query_attention(
