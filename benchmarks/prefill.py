@@ -10,6 +10,13 @@ hit all of them alike) and reported as the median.
 
     python benchmarks/prefill.py            # the full table (several minutes)
     python benchmarks/prefill.py --quick    # a small model, one image, a smoke run
+    python benchmarks/prefill.py --points   # layer="input" vs layer=2 at keep 0.1
+
+``--points`` compares prune points with one pruner (``norm | top_k``, which reads the
+``hidden`` cue that exists at both): unpruned, ``layer=2`` and ``layer="input"`` at keep
+0.1, with the KV cache each prefill leaves, the fraction of the FLOP-ideal speedup, and
+the time of the pruner call inside the engine (``Pruner.select``) as a share of the
+prefill.
 
 Columns: ``L'`` is the sequence length of layers K.. (text + kept visual tokens);
 ``ideal`` = FLOPs(unpruned) / FLOPs(pruned) of the language model; ``of ideal`` =
@@ -323,6 +330,94 @@ def table(case: Case, results: dict, layer: int, size: Size) -> list[str]:
     return rows
 
 
+# ---------------------------------------------------------------------- prune points
+POINTS_PRUNER = "norm | top_k"
+
+
+def kv_bytes(case: Case, point: object | None, keep: float) -> tuple[int, int]:
+    """(bytes of the KV cache one prefill leaves, L' of the last layer)."""
+    block = (
+        contextlib.nullcontext(None)
+        if point is None
+        else tokenprune.prune(case.model, POINTS_PRUNER, keep=keep, layer=point)
+    )
+    with block, torch.inference_mode():
+        out = case.model(**case.inputs)
+    layers = out.cache.layers
+    total = sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
+    return total, layers[-1].keys.shape[-2]
+
+
+def measure_points(case: Case, keep: float, repeats: int, warmup: int) -> dict:
+    """Per point (None = unpruned): median prefill seconds, median seconds inside
+    ``Pruner.select``, KV bytes and L'. Points are interleaved in every round."""
+    points: list[object | None] = [None, 2, "input"]
+    select = tokenprune.Pruner.select
+    spent: list[float] = []
+
+    def timed_select(self, cues, budget):
+        start = time.perf_counter()
+        out = select(self, cues, budget)
+        spent.append(time.perf_counter() - start)
+        return out
+
+    fn = prefill(case)
+    times: dict = {p: [] for p in points}
+    selects: dict = {p: [] for p in points}
+    tokenprune.Pruner.select = timed_select
+    try:
+        for point in points:
+            block = (
+                contextlib.nullcontext()
+                if point is None
+                else tokenprune.prune(case.model, POINTS_PRUNER, keep=keep, layer=point)
+            )
+            with block:
+                for _ in range(warmup):
+                    fn()
+        for _ in range(repeats):
+            for point in points:
+                block = (
+                    contextlib.nullcontext()
+                    if point is None
+                    else tokenprune.prune(case.model, POINTS_PRUNER, keep=keep, layer=point)
+                )
+                with block:
+                    spent.clear()
+                    start = time.perf_counter()
+                    fn()
+                    times[point].append(time.perf_counter() - start)
+                    selects[point].append(sum(spent))
+    finally:
+        tokenprune.Pruner.select = select
+    return {
+        p: (statistics.median(times[p]), statistics.median(selects[p]), *kv_bytes(case, p, keep))
+        for p in points
+    }
+
+
+def points_main(size: Size, repeats: int, warmup: int, keep: float) -> None:
+    case = make_case("llava", size)
+    results = measure_points(case, keep, repeats, warmup)
+    base, _, _, length = results[None]
+    print(
+        "| point | keep | L' | prefill ms (median) | speedup | ideal | of ideal | "
+        "pruner call ms | pruner call % of prefill | KV MiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for point, (seconds, select, kv, short) in results.items():
+        name = "unpruned" if point is None else repr(point)
+        first = 0 if point == "input" else 2
+        ideal = prefill_flops(length, length, 2, size) / prefill_flops(length, short, first, size)
+        speedup = base / seconds
+        print(
+            f"| {name} | {'-' if point is None else keep} | {short} | {seconds * 1e3:,.1f} | "
+            f"{speedup:.2f}x | {ideal:.2f}x | {100 * speedup / ideal:.0f}% | {select * 1e3:.2f} | "
+            f"{100 * select / seconds:.2f}% | {kv / 2**20:,.1f} |",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model, LLaVA only, 3 repeats")
@@ -341,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also split fastv's and adaptprune's keep 0.1 prefill into cue assembly, pruner and rest",
     )
+    parser.add_argument(
+        "--points", action="store_true", help='layer="input" vs layer=2 (LLaVA, keep 0.1)'
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -351,6 +449,14 @@ def main(argv: list[str] | None = None) -> None:
             args.layers or size.layers, hidden, hidden // 64, int(hidden * 2.75), size.vocab
         )
     repeats = args.repeats or (3 if args.quick else 5)
+    if args.points:
+        print(
+            f"text model: {size.layers} layers, hidden {size.hidden}, fp32; pruner "
+            f"{POINTS_PRUNER!r}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            f"medians of {repeats} interleaved rounds\n"
+        )
+        points_main(size, repeats, args.warmup, keep=0.1)
+        return
     kinds = ["llava"] if args.quick else ["llava", "llava_next"]
     configs = [Config("unpruned", None), Config("fastv", 1.0)]
     configs += [Config(m, k) for k in (0.5, 0.25, 0.1) for m in ("fastv", "adaptprune")]

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser(
         "list",
-        help="every registered recipe, strategy, decay and adapter",
+        help="every registered recipe, strategy, decay, adapter and cue",
         description="List registered names with kind, one-line description and providing plugin.",
     )
     listing.add_argument("--kind", choices=KINDS, help="only this kind")

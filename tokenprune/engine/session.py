@@ -493,16 +493,8 @@ class PruneRun:
         capture = step.capture
         capture.hidden = hidden
         index = capture.candidates
-        original = torch.where(
-            index >= 0, step.candidate.gather(1, index.clamp(min=0)), torch.full_like(index, -1)
-        )
-        layout = step.layout if step.stage == 0 else step.layout.take(original)
-        tensors: dict[str, Tensor] = {}
-        for source in self._sources[step.stage]:
-            tensors.update(source.capture(capture))
-        builtin = {k: v for k, v in tensors.items() if k in _CUE_FIELDS}
-        extra = {k: v for k, v in tensors.items() if k not in _CUE_FIELDS}
-        cues = Cues.trusted(layout, generator=self.generator, extra=extra, **builtin)
+        cues = self._cues(step)
+        layout = cues.layout
         selection = stage.pruner.select(cues, step.budgets[step.stage])
         length = step.visual.shape[1]
         keep = step.token_mask & (
@@ -524,6 +516,22 @@ class PruneRun:
         else:
             self.prefills += 1
         return selection, plan, layout
+
+    def _cues(self, step: _Prefill) -> Cues:
+        """The current stage's `Cues`: its candidates' layout and what its cue sources
+        capture at the point (the host-side cue assembly of a prefill)."""
+        capture = step.capture
+        index = capture.candidates
+        original = torch.where(
+            index >= 0, step.candidate.gather(1, index.clamp(min=0)), torch.full_like(index, -1)
+        )
+        layout = step.layout if step.stage == 0 else step.layout.take(original)
+        tensors: dict[str, Tensor] = {}
+        for source in self._sources[step.stage]:
+            tensors.update(source.capture(capture))
+        builtin = {k: v for k, v in tensors.items() if k in _CUE_FIELDS}
+        extra = {k: v for k, v in tensors.items() if k not in _CUE_FIELDS}
+        return Cues.trusted(layout, generator=self.generator, extra=extra, **builtin)
 
     def _prune_input(
         self, embeds: Tensor, inputs: dict[str, Any], step: _Prefill
