@@ -142,8 +142,8 @@ class Layout:
             index: ``(B, M)`` long, candidate indices per sample, -1 for padding.
 
         Returns:
-            a layout of M tokens per sample (padding: invalid, no place); the regions are
-            unchanged. Not re-validated (a subset of a valid layout is valid).
+            Layout of M tokens per sample, padding invalid and without a place, the
+            regions unchanged. Not re-validated (a subset of a valid layout is valid).
         """
         pad = index < 0
         safe = index.clamp(min=0)

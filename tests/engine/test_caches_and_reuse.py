@@ -66,7 +66,7 @@ def test_a_cache_pruned_at_another_layer_is_refused(llava, batches):
             llava(**inputs, cache=cache)
         with (
             tokenprune.prune(llava, "last", keep=0.25, layer=1),
-            pytest.raises(TokenpruneError, match="past_key_values: expected a cache pruned at layer 1 .* got one pruned at layer 2"),
+            pytest.raises(TokenpruneError, match=r"past_key_values: expected a cache pruned at \[1\] .* got one pruned at \[2\]"),
         ):
             llava(input_ids=ids[:, -1:], attention_mask=mask, cache=cache)
 

@@ -95,7 +95,7 @@ def cls_attention_by_hand(model, pixel_values):
     """``(I, P)``: softmax of the CLS query against every key in the vision layer whose
     output LLaVA uses (vision_feature_layer -2), mean over heads, from q_proj / k_proj of
     that layer's attention input."""
-    layers = model.model.vision_tower.vision_model.encoder.layers
+    layers = model.model.vision_tower.encoder.layers
     attention = layers[len(layers) - 2].self_attn
     seen = {}
 

@@ -56,18 +56,20 @@ class TextStack:
 class Adapter:
     """A model family. Bound to one model instance: ``adapter = Family(model)``.
 
-    Subclass it and register the class from a plugin's ``tokenprune_adapters`` hook::
+    Subclass it and register the class from a plugin's ``tokenprune_adapters`` hook:
 
-        class MyFamily(tokenprune.Adapter):
-            name = "my_family"
-            description = "MyVLM: one 24x24 grid per image"
+    ```python
+    class MyFamily(tokenprune.Adapter):
+        name = "my_family"
+        description = "MyVLM: one 24x24 grid per image"
 
-            @classmethod
-            def matches(cls, model):
-                return model.config.model_type == "my_vlm"
+        @classmethod
+        def matches(cls, model):
+            return model.config.model_type == "my_vlm"
 
-            def layout(self, **inputs):
-                ...
+        def layout(self, **inputs):
+            ...
+    ```
 
     Class attributes:
         name: the registered name (an identifier), listed by ``tokenprune.available()``.
@@ -171,9 +173,9 @@ class Adapter:
             position_ids: the kept tokens' original ids, shortened (shape ``(..., B, L')``).
 
         Returns:
-            ids of the same shape: 0, 1, ... over each sample's kept tokens, padding 1, as
-            ``generate()`` numbers a left-padded prompt. M-RoPE families must override
-            this (the base refuses ids with an axis dimension).
+            Tensor of the same shape, numbering each sample's kept tokens 0, 1, ... (padding
+            1) as ``generate()`` numbers a left-padded prompt. M-RoPE families must
+            override this (the base refuses ids with an axis dimension).
         """
         if position_ids.dim() != 2:
             raise UnsupportedModelError(

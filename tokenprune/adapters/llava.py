@@ -101,7 +101,8 @@ class Llava(Adapter):
         tower = self.vision_tower()
         if dropped or not isinstance(feature_layer, int) or tower is None:
             return None  # no CLS token (SigLIP), or features from several layers
-        layers = tower.vision_model.encoder.layers
+        # transformers 5 puts the encoder on the tower itself; older versions one level down.
+        layers = getattr(tower, "vision_model", tower).encoder.layers
         # hidden_states[0] is the embedding output; hidden_states[i] is layer i - 1's.
         index = feature_layer % (len(layers) + 1) - 1
         if index < 0:
