@@ -23,7 +23,7 @@ def test_grid_is_row_major():
 def test_regions_with_separators():
     layout = Layout.regions_of([(1, 2), (2, 2)], separators=True)
     assert layout.regions[0].tolist() == [0, 0, -1, 1, 1, -1, 1, 1, -1]
-    assert bool(torch.isnan(layout.positions[0, 2]).all())
+    assert bool(torch.isnan(layout.coords[0, 2]).all())
     assert layout.placed.sum().item() == 6
 
 

@@ -154,8 +154,8 @@ def check_against_model(model, visuals):
         # The merger grouped a 2 x 2 block of patches: bottom-right = top-left + 1 patch.
         assert torch.equal(codes[:, 3] - codes[:, 0], torch.full((n,), block - vision.patch_size, dtype=codes.dtype))
         rows, cols = codes[:, 0] / block, codes[:, 1] / block
-        assert torch.equal(layout.positions[b, :n, 0], rows)
-        assert torch.equal(layout.positions[b, :n, 1], cols)
+        assert torch.equal(layout.coords[b, :n, 0], rows)
+        assert torch.equal(layout.coords[b, :n, 1], cols)
         visual, frame = codes[:, 2].long() % 1000, codes[:, 2].long() // 1000
         regions = layout.regions[b, :n]
         # One region per (visual, frame), numbered in sequence order.

@@ -88,7 +88,7 @@ def video_sample_layouts(draw, max_visuals: int = 3, max_frames: int = 4, max_si
         index = torch.tensor(kept)
     one_video = len(set(images)) == 1 and frames[0] >= 0
     return Layout(
-        positions=base.positions[:, index],
+        coords=base.coords[:, index],
         regions=base.regions[:, index],
         region_shapes=base.region_shapes,
         valid=base.valid[:, index],

@@ -134,7 +134,7 @@ def test_frames_of_different_videos_do_not_interact():
     shapes = [(2, 2)] * 4
     base = Layout.regions_of(shapes)
     layout = Layout(
-        positions=base.positions,
+        coords=base.coords,
         regions=base.regions,
         region_shapes=base.region_shapes,
         valid=base.valid,
@@ -161,6 +161,6 @@ def test_spec_and_errors():
         TemporalDecay(-1.0)
     base = Layout.regions_of([(2, 2)] * 2)
     with pytest.raises(LayoutError, match="region_frames: expected each frame index at most once per video"):
-        Layout(base.positions, base.regions, base.region_shapes, base.valid, region_frames=torch.tensor([[0, 0]]))
+        Layout(base.coords, base.regions, base.region_shapes, base.valid, region_frames=torch.tensor([[0, 0]]))
     with pytest.raises(LayoutError, match=r"region_frames: expected a long tensor of shape \(B, R\)"):
-        Layout(base.positions, base.regions, base.region_shapes, base.valid, region_frames=torch.tensor([0, 1]))
+        Layout(base.coords, base.regions, base.region_shapes, base.valid, region_frames=torch.tensor([0, 1]))

@@ -150,7 +150,7 @@ def _sample(
     shapes = torch.tensor([[h // merge, w // merge] for h, w in shapes], dtype=torch.long).reshape(1, -1, 2)
     frames = torch.where(is_video[first], tokens[first, 1], -1)
     return Layout(
-        positions=tokens[:, 2:].float().unsqueeze(0),
+        coords=tokens[:, 2:].float().unsqueeze(0),
         regions=region_ids.unsqueeze(0),
         region_shapes=shapes,
         valid=torch.ones(1, len(tokens), dtype=torch.bool),

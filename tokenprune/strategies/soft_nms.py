@@ -175,7 +175,7 @@ def _window_step(
 def _dense_step(
     scores: Tensor,
     taken: Tensor,
-    positions: Tensor,
+    coords: Tensor,
     regions: Tensor,
     keys: Tensor | None,
     inv_norm: Tensor | None,
@@ -185,7 +185,7 @@ def _dense_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One greedy step without a radius: the window is the kept token's whole region.
 
-    ``positions (B, N, 2)`` (NaN-free, compute dtype) and ``regions (B, N)`` long with -1
+    ``coords (B, N, 2)`` (NaN-free, compute dtype) and ``regions (B, N)`` long with -1
     for tokens that have no place or are padding; ``across`` and ``frame_distance`` as in
     `_window_step` (the other frames' cells join the window).
     """
@@ -194,8 +194,8 @@ def _dense_step(
     taken = taken.scatter(1, kept.unsqueeze(1), True)
     kept_region = torch.gather(regions, 1, kept.unsqueeze(1))
     in_window = (regions == kept_region) & (kept_region >= 0)
-    kept_pos = torch.gather(positions, 1, kept.view(b, 1, 1).expand(b, 1, 2))
-    distance2 = ((positions - kept_pos) ** 2).sum(-1)
+    kept_pos = torch.gather(coords, 1, kept.view(b, 1, 1).expand(b, 1, 2))
+    distance2 = ((coords - kept_pos) ** 2).sum(-1)
     cand = torch.arange(n, device=scores.device).expand(b, n)
     if across is not None:
         far = torch.gather(across, 1, kept.view(b, 1, 1).expand(b, 1, across.shape[2])).squeeze(1)
@@ -373,11 +373,11 @@ class SoftNMS(Selector):
             run = _window_steps
             args = (grid, offsets, distance2, keys, inv, self._checked_decays, across, frame_distance)
         else:
-            positions = torch.nan_to_num(layout.coords).to(dtype)
+            coords = torch.nan_to_num(layout.coords).to(dtype)
             regions = torch.where(layout.placed, layout.regions, -1)
             if across is not None:
-                frame_distance = torch.cat([positions.new_zeros(layout.num_tokens), frame_distance])
-            run, args = _dense_steps, (positions, regions, keys, inv, self._checked_decays, across, frame_distance)
+                frame_distance = torch.cat([coords.new_zeros(layout.num_tokens), frame_distance])
+            run, args = _dense_steps, (coords, regions, keys, inv, self._checked_decays, across, frame_distance)
         taken = torch.zeros_like(layout.valid)
         remaining = budget.clone()
         kept = []
