@@ -107,3 +107,57 @@ def test_compact_positions_need_the_input_point(llava):
         tokenprune.prune(llava, "fastv", keep=0.5, layer=2, positions="compact")
     with pytest.raises(tokenprune.SpecError, match="positions: expected one of"):
         tokenprune.prune(llava, hidden_norm_pruner(0.5), layer="input", positions="packed")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_beams": 3, "num_return_sequences": 2, "output_logits": False, "output_scores": True},
+        {"do_sample": True, "top_k": 20, "temperature": 1.5},
+        {"use_cache": False},
+    ],
+    ids=["beams", "sampling", "no_cache"],
+)
+def test_keep_one_is_bitwise_with_every_decoding(models, batches, options):
+    model, inputs = models["llava"], batches["llava"].inputs
+
+    def run():
+        torch.manual_seed(7)
+        out = greedy(model, {**inputs, **options})
+        scores = out.logits if out.logits is not None else out.scores
+        return out.sequences, torch.stack(scores)
+
+    expected = run()
+    with tokenprune.prune(model, hidden_norm_pruner(1.0), layer="input"):
+        got = run()
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+
+
+def test_keep_one_is_bitwise_with_eager_attention(llava_eager, batches):
+    inputs = batches["llava"].inputs
+    expected = greedy(llava_eager, inputs)
+    with tokenprune.prune(llava_eager, hidden_norm_pruner(1.0), layer="input"):
+        out = greedy(llava_eager, inputs)
+    assert torch.equal(out.sequences, expected.sequences)
+    assert torch.equal(torch.stack(out.logits), torch.stack(expected.logits))
+
+
+@pytest.mark.parametrize("positions", ["original", "compact"])
+def test_batch_equals_single_runs(models, batches, positions):
+    model, batch = models["llava"], batches["llava"]
+    inputs = batch.inputs
+    mask = inputs["attention_mask"].bool()
+    with tokenprune.prune(model, hidden_norm_pruner(0.25), layer="input", positions=positions):
+        together = greedy(model, inputs).sequences
+        first = 0
+        for b, images in enumerate(batch.image_sizes):
+            row = inputs["input_ids"][b][mask[b]][None]
+            alone = {
+                "input_ids": row,
+                "attention_mask": torch.ones_like(row),
+                "pixel_values": inputs["pixel_values"][first : first + len(images)],
+            }
+            first += len(images)
+            tokens = greedy(model, alone).sequences[0]
+            assert torch.equal(together[b][-tokens.numel():], tokens)
