@@ -33,9 +33,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff on the package, tests and benchmarks."""
+    """ruff on the package, tests, benchmarks and the training script."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "tokenprune", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "tokenprune", "tests", "benchmarks", "training", "noxfile.py")
 
 
 @nox.session(python="3.11")
