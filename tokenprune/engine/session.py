@@ -10,10 +10,10 @@ A schedule has one or more prune points (`tokenprune.engine.schedule`). One pref
    ``inputs_embeds``, runs the pruner and hands the language model the shortened
    embeddings, 2D mask and position ids (original, or renumbered with
    ``positions="compact"``): dropped tokens never reach a layer or the KV cache;
-3. at a layer K: the tapped attention function of layer K-1 feeds the attention cue
-   sources; layer K's forward pre-hook captures the other cues, runs the pruner and
-   shortens the hidden states, rotary embeddings, position ids and causal mask; layers
-   K+1.. get the same shortened inputs until the next point.
+3. at a decoder layer: the tapped attention function of the layer before it feeds the
+   attention cue sources; the layer's forward pre-hook captures the other cues, runs the
+   pruner and shortens the hidden states, rotary embeddings, position ids and causal
+   mask; the layers after it get the same shortened inputs until the next point.
 
 In decoding steps every point's layers get a mask rebuilt for their shorter cache and the
 position clock continues where the prefill left it (the original one, or the compact one).
