@@ -16,7 +16,8 @@ hit all of them alike) and reported as the median.
 ``hidden`` cue that exists at both): unpruned, ``layer=2`` and ``layer="input"`` at keep
 0.1, with the KV cache each prefill leaves, the fraction of the FLOP-ideal speedup, and
 the time of the pruner call inside the engine (``Pruner.select``) as a share of the
-prefill.
+prefill; a last row times the plain model (no tokenprune) on the shortened prompt that
+``"input"`` leaves, the speed the input point can reach on this machine.
 
 Columns: ``L'`` is the sequence length of layers K.. (text + kept visual tokens);
 ``ideal`` = FLOPs(unpruned) / FLOPs(pruned) of the language model; ``of ideal`` =
@@ -362,7 +363,9 @@ def measure_points(case: Case, keep: float, repeats: int, warmup: int) -> dict:
         return out
 
     fn = prefill(case)
+    plain = _plain_short_prefill(case, keep)
     times: dict = {p: [] for p in points}
+    times["plain"] = []
     selects: dict = {p: [] for p in points}
     tokenprune.Pruner.select = timed_select
     try:
@@ -388,12 +391,48 @@ def measure_points(case: Case, keep: float, repeats: int, warmup: int) -> dict:
                     fn()
                     times[point].append(time.perf_counter() - start)
                     selects[point].append(sum(spent))
+            start = time.perf_counter()
+            plain()
+            times["plain"].append(time.perf_counter() - start)
     finally:
         tokenprune.Pruner.select = select
-    return {
+    out = {
         p: (statistics.median(times[p]), statistics.median(selects[p]), *kv_bytes(case, p, keep))
         for p in points
     }
+    out["plain"] = (statistics.median(times["plain"]), 0.0, *out["input"][2:])
+    return out
+
+
+def _plain_short_prefill(case: Case, keep: float) -> Callable[[], None]:
+    """The plain model (no tokenprune) on the language-model inputs that ``layer="input"``
+    leaves: the shortened ``inputs_embeds``, 2D mask and position ids."""
+    seen: dict = {}
+
+    def record(module, args, kwargs):
+        seen.update(kwargs)
+
+    language_model = case.model.model.language_model
+    with tokenprune.prune(case.model, POINTS_PRUNER, keep=keep, layer="input"):
+        handle = language_model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                case.model(**case.inputs)
+        finally:
+            handle.remove()
+    inputs = {
+        "inputs_embeds": seen["inputs_embeds"],
+        "attention_mask": seen["attention_mask"].long(),
+        "position_ids": seen["position_ids"],
+        "logits_to_keep": 1,
+        "use_cache": True,
+    }
+
+    def run() -> None:
+        with torch.inference_mode():
+            case.model(**inputs)
+
+    return run
 
 
 def points_main(size: Size, repeats: int, warmup: int, keep: float) -> None:
@@ -406,8 +445,8 @@ def points_main(size: Size, repeats: int, warmup: int, keep: float) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for point, (seconds, select, kv, short) in results.items():
-        name = "unpruned" if point is None else repr(point)
-        first = 0 if point == "input" else 2
+        name = {None: "unpruned", "plain": "plain model, shortened prompt"}.get(point, repr(point))
+        first = 0 if point in ("input", "plain") else 2
         ideal = prefill_flops(length, length, 2, size) / prefill_flops(length, short, first, size)
         speedup = base / seconds
         print(
