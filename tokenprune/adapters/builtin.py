@@ -8,12 +8,14 @@ from tokenprune.adapters.base import Adapter
 from tokenprune.adapters.internvl import InternVL
 from tokenprune.adapters.llava import Llava
 from tokenprune.adapters.llava_next import LlavaNext
+from tokenprune.adapters.llava_onevision import LlavaOnevision
+from tokenprune.adapters.qwen_vl import QwenVL
 from tokenprune.hookspecs import hookimpl
 
 
 @hookimpl
 def tokenprune_adapters() -> list[type[Adapter]]:
-    return [Llava, LlavaNext, InternVL]
+    return [Llava, LlavaNext, InternVL, QwenVL, LlavaOnevision]
 
 
 @hookimpl(trylast=True)

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tokenprune.adapters.base import Adapter
 from tokenprune.adapters.builder import FULL_IMAGE, SampleBuilder
+from tokenprune.adapters.images import ImageInputs
 from tokenprune.adapters.inputs import (
     assign_images,
     image_sizes_of,
@@ -37,7 +39,7 @@ from tokenprune.adapters.llava import grid_side, tower_tokens
 from tokenprune.errors import LayoutError, UnsupportedModelError
 from tokenprune.layout import Layout
 
-__all__ = ["high_res_shape", "image_tokens", "layout", "matches", "video_frame_side"]
+__all__ = ["LlavaOnevision", "high_res_shape", "image_tokens", "layout", "matches", "video_frame_side"]
 
 
 def matches(model: Any) -> bool:
@@ -94,7 +96,9 @@ def layout(model: Any, **inputs: Any) -> Layout:
     Needs ``image_sizes`` with images (the processor returns it); reads
     ``batch_num_images`` (images per sample) when given, as the model does, and the
     frame count from ``pixel_values_videos (V, F, C, H, W)`` when given (else from the
-    token counts).
+    token counts). With pre-encoded ``mm_encoder_outputs`` (as ``generate()`` passes
+    them) each image's token count tells whether it was tiled and each video's its
+    frames.
     """
     input_ids = input_ids_of(inputs)
     config = model.config
@@ -191,7 +195,12 @@ def _images(config: Any, inputs: dict[str, Any], counts: list[int], aspect: str)
         )
     sizes = image_sizes_of(inputs["image_sizes"], "LLaVA-OneVision")
     per_image = inputs.get("batch_num_images")
-    if per_image is None:
+    encoded = _encoded(inputs, "image")
+    side = grid_side(config)[0]
+    if isinstance(encoded, (list, tuple)) and len(encoded) == len(sizes):
+        # A base grid with one newline is an untiled image; a tiled one never has that length.
+        anyres = [int(feature.shape[0]) != side * side + 1 for feature in encoded]
+    elif per_image is None:
         anyres = [True] * len(sizes)
     else:
         numbers = [int(n) for n in torch.as_tensor(per_image).flatten().tolist()]
@@ -212,6 +221,11 @@ def _videos(config: Any, inputs: dict[str, Any], counts: list[int]) -> list[list
     """Per sample, the frame count of each of its videos."""
     frame = video_frame_side(config) ** 2
     pixels = inputs.get("pixel_values_videos")
+    encoded = _encoded(inputs, "video")
+    if isinstance(encoded, Tensor) and encoded.dim() == 3 and (encoded.shape[1] - 1) % frame == 0:
+        videos = [(int(encoded.shape[1]) - 1) // frame] * int(encoded.shape[0])
+        assigned = assign_images(counts, videos, lambda f: f * frame + 1, "LLaVA-OneVision video")
+        return [[videos[i] for i in mine] for mine in assigned]
     if isinstance(pixels, Tensor):
         if pixels.dim() != 5:
             raise LayoutError(
@@ -231,7 +245,47 @@ def _videos(config: Any, inputs: dict[str, Any], counts: list[int]) -> list[list
     return out
 
 
+def _encoded(inputs: dict[str, Any], modality: str) -> Any:
+    """The pooled features of ``modality`` in ``inputs["mm_encoder_outputs"]``, or None."""
+    outputs = inputs.get("mm_encoder_outputs")
+    output = outputs.get(modality) if isinstance(outputs, dict) else None
+    return getattr(output, "pooler_output", None)
+
+
 ADAPTER_DESCRIPTION = (
     "LLaVA-OneVision (LlavaOnevisionForConditionalGeneration): base grid + unpadded anyres "
     "grid with row newlines per image; one pooled region per video frame"
 )
+
+
+class LlavaOnevision(Adapter):
+    """LLaVA-OneVision: images (base + anyres grid) and videos (pooled frames); 1-D
+    positions. ``generate()`` encodes the visuals before the prefill and drops
+    ``image_sizes``; they are recovered from the encoder call it made."""
+
+    name = "llava_onevision"
+    description = ADAPTER_DESCRIPTION
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self._images = ImageInputs(model)
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return matches(model)
+
+    def layout(self, **inputs: Any) -> Layout:
+        return layout(self.model, **inputs)
+
+    def visual_mask(self, input_ids: Tensor) -> Tensor:
+        config = self.model.config
+        return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+
+    def open(self) -> None:
+        self._images.open()
+
+    def close(self) -> None:
+        self._images.close()
+
+    def recover_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return self._images.recover(inputs)

@@ -21,12 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tokenprune.adapters.base import Adapter, Point
 from tokenprune.adapters.builder import FULL_IMAGE
+from tokenprune.adapters.images import ImageInputs
 from tokenprune.adapters.inputs import assign_images, input_ids_of, model_type, no_visual_tokens
 from tokenprune.errors import LayoutError, UnsupportedModelError
 from tokenprune.layout import Layout
 
-__all__ = ["FAMILIES", "Grid", "grids_of", "layout", "matches", "merge_size", "tokens_of_grid"]
+__all__ = ["FAMILIES", "Grid", "QwenVL", "grids_of", "layout", "matches", "merge_size", "tokens_of_grid"]
 
 #: ``config.model_type`` of each family, with its name for messages.
 FAMILIES = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
@@ -169,3 +171,144 @@ def _first_appearance(keys: Tensor) -> Tensor:
     rank = torch.empty_like(first)
     rank[first.argsort()] = torch.arange(len(first))
     return rank[inverse]
+
+
+# ---------------------------------------------------------------- the adapter class
+class QwenVL(Adapter):
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: images and videos, original M-RoPE positions.
+
+    - Candidates: the image and the video placeholders.
+    - Position ids: the language model receives M-RoPE ids ``(3, B, L)`` (or ``(4, B, L)``
+      from ``generate()``, row 0 the text positions for the mask); kept tokens keep their
+      original (t, h, w) ids at every prune point, and decoding continues with the
+      model's own ``rope_deltas`` (the attention mask keeps the prompt's length).
+    - ``generate()`` encodes the visuals before the prefill and drops ``image_grid_thw``
+      / ``video_grid_thw``; they are recovered from the encoder calls it made.
+    - Qwen3-VL adds deepstack features to the visual positions after decoder layers
+      0..2; they are shortened with the tokens (``"input"``: the language model's own
+      inputs; a layer: the model's ``_deepstack_process``, wrapped while the block is open).
+    """
+
+    name = "qwen_vl"
+    description = (
+        "Qwen2-VL / Qwen2.5-VL / Qwen3-VL: one (h/2, w/2) region per image and per video "
+        "frame (temporal group); original M-RoPE positions"
+    )
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self._grids = {
+            kind: ImageInputs(model, modality=kind, key=f"{kind}_grid_thw") for kind in ("image", "video")
+        }
+        self._deepstack = _Deepstack(self.text.model) if model_type(model) == "qwen3_vl" else None
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return matches(model)
+
+    def layout(self, **inputs: Any) -> Layout:
+        return layout(self.model, **inputs)
+
+    def visual_mask(self, input_ids: Tensor) -> Tensor:
+        config = self.model.config
+        return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+
+    def open(self) -> None:
+        for recorder in self._grids.values():
+            recorder.open()
+        if self._deepstack is not None:
+            self._deepstack.open()
+
+    def close(self) -> None:
+        for recorder in self._grids.values():
+            recorder.close()
+        if self._deepstack is not None:
+            self._deepstack.close()
+
+    def recover_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        for recorder in self._grids.values():
+            inputs = recorder.recover(inputs)
+        return inputs
+
+    def mask_positions(self, position_ids: Tensor) -> Tensor | None:
+        """Row 0 of ``(4, B, L)`` ids (the text positions); None for ``(3, B, L)`` ids,
+        from which the model itself builds no mask either."""
+        if position_ids.dim() == 2:
+            return position_ids
+        return position_ids[0] if position_ids.shape[0] == 4 else None
+
+    def shorten_inputs(self, point: Point, kwargs: dict[str, Any], plan: Any) -> dict[str, Any]:
+        if point == "input":
+            position_ids = kwargs.get("position_ids")
+            if position_ids is None or position_ids.dim() != 3:
+                raise UnsupportedModelError(
+                    f"position_ids: {family_name(self.model)} needs its M-RoPE positions (3 or 4, B, L) "
+                    f"to prune at layer='input', got {None if position_ids is None else tuple(position_ids.shape)}; "
+                    f"pass mm_token_type_ids (the processor returns it) so the model computes them"
+                )
+            masks, embeds = kwargs.get("visual_pos_masks"), kwargs.get("deepstack_visual_embeds")
+            if masks is None or embeds is None:
+                return {}
+            short_masks, index = _kept_visual(masks, plan.source)
+            return {"visual_pos_masks": short_masks, "deepstack_visual_embeds": [e[index] for e in embeds]}
+        if self._deepstack is not None:
+            self._deepstack.shorten(plan.source)
+        return {}
+
+
+def _kept_visual(masks: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
+    """The visual-position mask ``masks (B, L)`` after a compaction that takes slot
+    ``source (B, L')`` (-1: padding), and the index of each kept visual token among the
+    original ones (row-major order, as the deepstack features are stored)."""
+    order = masks.flatten().long().cumsum(0).view_as(masks) - 1
+    safe = source.clamp(min=0)
+    short = masks.gather(1, safe) & (source >= 0)
+    return short, order.gather(1, safe)[short]
+
+
+class _Deepstack:
+    """Shortens Qwen3-VL's deepstack inputs inside the language model's layer loop.
+
+    The text model adds ``deepstack_visual_embeds[i]`` at ``visual_pos_masks`` after
+    layer i (i < 3) through its own ``_deepstack_process``; after a layer prune point
+    the hidden states are shorter than that mask. While open, the method is wrapped
+    (an instance attribute, deleted on close): when the hidden states are shorter, the
+    mask and features are taken at the kept slots of the compactions recorded since the
+    language model was called.
+    """
+
+    def __init__(self, text_model: Any) -> None:
+        self.text_model = text_model
+        self.source: Tensor | None = None
+        self._handle = None
+
+    def open(self) -> None:
+        if "_deepstack_process" in vars(self.text_model):
+            return
+        original = self.text_model._deepstack_process
+
+        def process(hidden_states: Tensor, visual_pos_masks: Tensor, visual_embeds: Tensor) -> Tensor:
+            if self.source is not None and hidden_states.shape[1] != visual_pos_masks.shape[1]:
+                visual_pos_masks, index = _kept_visual(visual_pos_masks.to(self.source.device), self.source)
+                visual_embeds = visual_embeds[index.to(visual_embeds.device)]
+            return original(hidden_states, visual_pos_masks, visual_embeds)
+
+        self.text_model._deepstack_process = process
+        self._handle = self.text_model.register_forward_pre_hook(self._reset)
+
+    def close(self) -> None:
+        vars(self.text_model).pop("_deepstack_process", None)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.source = None
+
+    def _reset(self, module: Any, args: tuple) -> None:
+        self.source = None
+
+    def shorten(self, source: Tensor) -> None:
+        """Record a compaction of the current slots: ``source (B, L')``, -1 padding."""
+        if self.source is None:
+            self.source = source
+        else:
+            self.source = self.source.gather(1, source.clamp(min=0)).masked_fill(source < 0, -1)
