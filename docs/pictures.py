@@ -20,7 +20,7 @@ import torch
 
 import tokenprune
 from tokenprune import viz
-from tokenprune.adapters import internvl, llava_next
+from tokenprune.adapters import internvl, llava_next, qwen_vl
 from tokenprune.adapters import layout as adapter_layout
 from tokenprune.strategies.transforms import gaussian_map
 
@@ -56,6 +56,24 @@ def internvl_layout(size: tuple[int, int]) -> tokenprune.Layout:
     tiles = internvl.tiles_per_image(internvl.canvas(size, (448, 448), 1, 12))
     ids = torch.tensor([[1, 121, *[IMAGE_TOKEN] * (256 * tiles), 122, 5]])
     return adapter_layout(types.SimpleNamespace(config=config), input_ids=ids, image_sizes=[size])
+
+
+VIDEO_TOKEN = 123
+
+
+def qwen_vl_layout() -> tokenprune.Layout:
+    """A Qwen2.5-VL prompt: a 280 x 392 px image (20 x 28 patches: 10 x 14 tokens), then a
+    6-frame 168 x 224 px video (3 temporal groups of 6 x 8 tokens)."""
+    from transformers import Qwen2_5_VLConfig
+
+    config = Qwen2_5_VLConfig(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN)
+    ids = torch.tensor([[1, 124, *[IMAGE_TOKEN] * 140, 125, 7, 124, *[VIDEO_TOKEN] * 144, 125, 5]])
+    return qwen_vl.layout(
+        types.SimpleNamespace(config=config),
+        input_ids=ids,
+        image_grid_thw=torch.tensor([[1, 20, 28]]),
+        video_grid_thw=torch.tensor([[3, 12, 16]]),
+    )
 
 
 def synthetic_cues(layout: tokenprune.Layout, image, seed: int = 0) -> tokenprune.Cues:
@@ -129,6 +147,14 @@ def draw(out: Path) -> list[Path]:
         selection = tokenprune.pruner("adaptprune", keep=0.1)(synthetic_cues(lay, picture))
         save(viz.draw_selection(lay, selection, picture, title=f"{name}: adaptprune keeps "
                                 f"{int(selection.counts[0])} of {lay.num_tokens}"), f"select-{name}")
+    lay = qwen_vl_layout()
+    picture = viz.synthetic_image(280, 392)
+    order = torch.arange(lay.num_tokens, dtype=torch.float32).unsqueeze(0)
+    save(viz.draw_values(lay, order, title=f"qwen_vl: an image and 3 video frames ({lay.num_tokens} tokens)"),
+         "layout-qwen_vl")
+    selection = tokenprune.pruner("adaptprune_video", keep=0.1)(synthetic_cues(lay, picture))
+    save(viz.draw_selection(lay, selection, [picture, picture], title=f"qwen_vl: adaptprune_video keeps "
+                            f"{int(selection.counts[0])} of {lay.num_tokens}"), "select-qwen_vl")
     return written
 
 

@@ -158,7 +158,10 @@ def test_beams_with_pruning_decode(models, batches):
 
 def test_compact_positions_are_refused_with_m_rope(models, batches):
     model, inputs = models["qwen2_vl"], batches["qwen2_vl"].inputs
-    with pytest.raises(UnsupportedModelError, match="compact"):
-        with tokenprune.prune(model, hidden_norm_pruner(0.3), keep=0.3, layer="input", positions="compact"):
-            with torch.no_grad():
-                model(**inputs)
+    pruner = hidden_norm_pruner(0.3)
+    with (
+        pytest.raises(UnsupportedModelError, match="compact"),
+        tokenprune.prune(model, pruner, keep=0.3, layer="input", positions="compact"),
+        torch.no_grad(),
+    ):
+        model(**inputs)
