@@ -128,3 +128,9 @@ def test_errors(onevision):
         llava_onevision.layout(onevision, **batch.inputs, vision_aspect_ratio="pad")
     with pytest.raises(UnsupportedModelError, match="vision_feature_select_strategy"):
         llava_onevision.layout(onevision, **batch.inputs, vision_feature_select_strategy="default")
+
+
+def test_adapter_for_finds_llava_onevision(onevision):
+    from tokenprune import adapters
+
+    assert adapters.adapter_for(onevision).name == "llava_onevision"

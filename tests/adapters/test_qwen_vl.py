@@ -225,3 +225,12 @@ def test_missing_or_wrong_grids_are_clear_errors(qwen):
     odd[0, 1] += 1
     with pytest.raises(LayoutError, match=r"image_grid_thw\[0\]: expected t >= 1 and h, w positive multiples"):
         qwen_vl.layout(qwen, **{**inputs, "image_grid_thw": odd})
+
+
+def test_adapter_for_finds_qwen_vl(qwen):
+    from tokenprune import adapters
+
+    assert adapters.adapter_for(qwen).name == "qwen_vl"
+    batch = make_batch(qwen, [[(100, 150), (3, 60, 90)]])
+    mask = adapters.visual_token_mask(qwen, batch.inputs["input_ids"])
+    assert int(mask.sum()) == batch.num_visual[0]  # image and video placeholders

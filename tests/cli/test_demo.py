@@ -71,3 +71,27 @@ def test_demo_config_checks_its_arguments():
     with pytest.raises(demo.SpecError, match="layer: recipe 'fastv' needs the attention .* expected layer >= 1, got 0"):
         demo.DemoConfig(layer=0)
     assert demo.DemoConfig(layer=0, recipes=("last", "random")).layer == 0  # cue-free recipes may prune at 0
+
+
+def test_demo_on_qwen2_5_vl_geometry(tmp_path):
+    """`--model qwen2_5_vl`: a 28 x 28 patch grid merged to 196 tokens (14 x 14), the same
+    table and pictures."""
+    out, err = io.StringIO(), io.StringIO()
+    status = main(
+        ["demo", "--model", "qwen2_5_vl", "--out", str(tmp_path), "--recipes", "fastv",
+         "--keep", "0.1", "--layer", "2", "--repeats", "1", "--new-tokens", "2",
+         "--text-layers", "3", "--hidden", "64", "--no-progress"],
+        stdout=out,
+        stderr=err,
+    )
+    assert status == 0, err
+    text = out.getvalue()
+    assert "Qwen2.5-VL-7B geometry" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()}
+    assert "196/196" in rows["unpruned"]
+    assert "19/196" in rows["fastv"]
+    prompt = 1 + 5 + 1 + 196 + 1 + 10
+    # Layers 0-1 keep everything; layer 2 keeps 19 visual + 18 text tokens, + 1 new token.
+    assert f"{prompt + 1} x2, {19 + 18 + 1}" in rows["fastv"]
+    with Image.open(tmp_path / "fastv.png") as picture:
+        assert picture.width >= 196
