@@ -38,6 +38,7 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
+    MistralConfig,
     PreTrainedModel,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -139,16 +140,28 @@ def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
     return LlavaForConditionalGeneration(config).eval()
 
 
+def _mistral_text(sliding_window: int | None) -> MistralConfig:
+    # MistralConfig sets no layer_types: every layer uses `sliding_window` (default 4096).
+    llama = _llama_text().to_dict()
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")
+    return MistralConfig(**{k: llama[k] for k in keys}, sliding_window=sliding_window)
+
+
 def tiny_llava_next(
-    seed: int = 0, image_grid_pinpoints: Sequence[Sequence[int]] | None = None
+    seed: int = 0,
+    image_grid_pinpoints: Sequence[Sequence[int]] | None = None,
+    sliding_window: int | None = None,
 ) -> LlavaNextForConditionalGeneration:
     """A llava-v1.6-shaped `LlavaNextForConditionalGeneration` (336 px tiles, anyres over
-    ``image_grid_pinpoints``, default `LLAVA_NEXT_PINPOINTS`), 4 Llama layers, eval mode."""
+    ``image_grid_pinpoints``, default `LLAVA_NEXT_PINPOINTS`), 4 Llama layers, eval mode.
+    With ``sliding_window``, the text model is Mistral with that attention window
+    (llava-v1.6-mistral-style)."""
     torch.manual_seed(seed)
     pinpoints = [list(p) for p in (image_grid_pinpoints or LLAVA_NEXT_PINPOINTS)]
     config = LlavaNextConfig(
         vision_config=_clip_vision(),
-        text_config=_llama_text(),
+        text_config=_llama_text() if sliding_window is None else _mistral_text(sliding_window),
         image_token_index=IMAGE_TOKEN_ID,
         image_grid_pinpoints=pinpoints,
     )

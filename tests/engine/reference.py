@@ -44,11 +44,13 @@ def keep_mask(input_ids: Tensor, run, stage: int = -1) -> Tensor:
 
 
 @contextmanager
-def masked_reference(model, layer: int, keep: Tensor, *more: tuple[int, Tensor]):
+def masked_reference(model, layer: int, keep: Tensor, *more: tuple[int, Tensor], window: int | None = None):
     """The model with eager attention whose layers ``layer..`` attend only to prompt
     tokens where ``keep (B, L)`` is True (and to every generated token); layers below
     see everything. Nothing is shortened: dropped tokens still run, masked as keys.
-    ``more``: further ``(layer, keep)`` stages, each applied from its layer on."""
+    ``more``: further ``(layer, keep)`` stages, each applied from its layer on.
+    With ``window``, layers ``layer..`` also see only keys fewer than ``window`` sequence
+    indices back (transformers' sliding window, counted over the full sequence)."""
     text = model.model.language_model
     stages = sorted([(layer, keep), *more], key=lambda s: s[0])
     key = "text_config"
@@ -56,7 +58,14 @@ def masked_reference(model, layer: int, keep: Tensor, *more: tuple[int, Tensor])
     seen: dict[str, Tensor] = {}
 
     def on_call(module, args, kwargs):
-        seen["mask"] = kwargs["attention_mask"]
+        mask = kwargs.get("attention_mask")
+        if mask is None:  # generate() may leave out an all-ones mask
+            ids = kwargs.get("input_ids")
+            batch, new = ids.shape if ids is not None else kwargs["inputs_embeds"].shape[:2]
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            past = cache.get_seq_length() if cache is not None else 0
+            mask = torch.ones(batch, past + new, dtype=torch.long)
+        seen["mask"] = mask
 
     def on_layer(index, module, args, kwargs):
         keep = stages[0][1]
@@ -69,7 +78,15 @@ def masked_reference(model, layer: int, keep: Tensor, *more: tuple[int, Tensor])
         past = total - queries
         extended = torch.cat([keep, keep.new_ones(keep.shape[0], total - keep.shape[1])], dim=1)
         row = torch.arange(queries).unsqueeze(1) + past
-        allowed = (torch.arange(total).unsqueeze(0) <= row)[None] & (mask2d & extended)[:, None]
+        column = torch.arange(total).unsqueeze(0)
+        allowed = (column <= row)[None] & (mask2d & extended)[:, None]
+        if window is not None:
+            allowed &= (row - column < window)[None]
+            # A sliding-window cache holds only the last keys: the columns it has.
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            if cache is not None:
+                length, offset = cache.layers[index].get_mask_sizes(queries)
+                allowed = allowed[..., offset : offset + length]
         additive = torch.zeros(allowed.shape, dtype=hidden.dtype).masked_fill(
             ~allowed, torch.finfo(hidden.dtype).min
         )

@@ -16,6 +16,7 @@ the instance attribute, leaving the class method in place.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import torch
@@ -42,10 +43,13 @@ class ImageInputs:
         if original is None or self._method in vars(self.base):
             return
 
+        owner = threading.get_ident()  # the block's thread: other threads' calls are not pruned
+
         @functools.wraps(original)
         def recorded(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            self._record(kwargs.get(self.key), out)
+            if threading.get_ident() == owner:
+                self._record(kwargs.get(self.key), out)
             return out
 
         setattr(self.base, self._method, recorded)

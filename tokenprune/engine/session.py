@@ -23,8 +23,10 @@ are registered (`tokenprune.capture`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,8 +49,10 @@ from tokenprune.engine.compact import (
     last_real,
     scatter_candidates,
 )
+from tokenprune.engine.generate_modes import GenerateGuard
 from tokenprune.engine.schedule import POSITIONS, Stage, schedule
 from tokenprune.engine.tap import AttentionTap
+from tokenprune.engine.window import sliding_window_of, slot_indices, window_mask_function
 from tokenprune.errors import CueError, LayoutError, SpecError, TokenpruneError
 from tokenprune.layout import Layout
 from tokenprune.pruner import Pruner
@@ -141,6 +145,7 @@ class _Prefill:
     capture: Capture | None = None
     substitute: dict[str, Any] | None = None  # decoder-layer kwargs after the last point
     masks: dict[Point, Tensor] = field(default_factory=dict)  # 2D masks of each point
+    indices: dict[Point, Tensor] = field(default_factory=dict)  # input_ids index of each point's slots
     shift: Tensor | None = None  # (B,) compact-position offset of decoding
 
 
@@ -164,6 +169,7 @@ class _PrunedCache:
     prompt_length: int  # L, the prompt length as input_ids has it
     masks: dict[Point, Tensor]  # point -> (B, L') bool, the prompt slots its layers hold
     shift: Tensor | None  # (B,) long, tokens dropped at "input" (compact positions)
+    indices: dict[Point, Tensor] = field(default_factory=dict)  # point -> (B, L') input_ids index, -1 padding
 
     @property
     def layer0_length(self) -> int:
@@ -211,7 +217,19 @@ class PruneRun:
         self._tap: AttentionTap | None = None
         self._sources = [_sources_for(stage) for stage in stages]
         self._opened: list[Any] = []
-        self._step: _Prefill | _Decode | None = None
+        self._generate = GenerateGuard(model)
+        self._window = sliding_window_of(adapter.text.config)
+        # Only the thread that entered the block is pruned; each thread has its own step.
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+
+    @property
+    def _step(self) -> _Prefill | _Decode | None:
+        return getattr(self._local, "step", None)
+
+    @_step.setter
+    def _step(self, step: _Prefill | _Decode | None) -> None:
+        self._local.step = step
 
     # ----------------------------------------------------------- last prefill
     @property
@@ -263,6 +281,8 @@ class PruneRun:
         adapter, text = self.adapter, self.adapter.text
         adapter.open()
         self._opened.append(adapter)
+        self._generate.open()
+        self._opened.append(self._generate)
         for sources in self._sources:
             for source in sources:
                 source.open(adapter)
@@ -310,6 +330,8 @@ class PruneRun:
 
     # -------------------------------------------------------------------- hooks
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if threading.get_ident() != self._owner:
+            return  # another thread's call runs the model as usual
         inputs = _bind(self._signature, args, kwargs)
         cache = _cache_of(inputs)
         past = cache.get_seq_length() if cache is not None else 0
@@ -325,9 +347,12 @@ class PruneRun:
         point = self.stages[step.stage].point
         if point == "input" or module is not self.adapter.attention(point - 1):
             return
-        for source in self._sources[step.stage]:
-            if source.uses_attention:
-                source.on_attention(step.capture, query, key, scaling)
+        # Without grad: a checkpointed layer must save the same tensors when it is
+        # recomputed in backward (where no cue is taken), and a selection has no gradient.
+        with torch.no_grad():
+            for source in self._sources[step.stage]:
+                if source.uses_attention:
+                    source.on_attention(step.capture, query, key, scaling)
 
     def _on_language_model(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         step = self._step
@@ -371,6 +396,9 @@ class PruneRun:
                 if position_ids is None
                 else self.adapter.mask_positions(position_ids),
                 layer_idx=point,
+                and_mask_function=self._window_mask(
+                    step.pruned.indices[point], step.pruned.prompt_length, mask2d.shape[1]
+                ),
             )
             step.substitute = {"attention_mask": mask}
         return args, {**kwargs, **step.substitute}
@@ -406,6 +434,8 @@ class PruneRun:
                 f"attention_mask: expected a 2D mask of shape {tuple(visual.shape)} like "
                 f"input_ids, got {tuple(token_mask.shape)}"
             )
+        self._check_window(visual.shape[1])
+        visual, layout = _keep_last_token(visual, layout, token_mask)
         candidate = _candidate_of_slot(visual, layout)
         num_valid = layout.num_valid()
         budgets = [stage.pruner.budget(num_valid) for stage in self.stages]
@@ -423,6 +453,33 @@ class PruneRun:
         step.capture = self._capture(step)
         return step
 
+    def _check_window(self, length: int) -> None:
+        """Refuse a sliding window that cannot be counted over the original sequence: one
+        the attention kernel applies by itself (flash attention), or one the language model
+        builds over a sequence shortened at ``"input"``."""
+        window = self._window
+        if window is None or length <= window:
+            return
+        implementation = self.adapter.text.config._attn_implementation
+        if "flash" in implementation or self.stages[0].point == "input":
+            where = "layer='input'" if self.stages[0].point == "input" else repr(implementation)
+            raise TokenpruneError(
+                f"model: a sliding-window language model (sliding_window={window}) with a "
+                f"prompt of {length} tokens needs the window counted over the original "
+                f"sequence, which {where} cannot do; prune at a decoder layer with "
+                "attn_implementation 'sdpa' or 'eager'"
+            )
+
+    def _window_mask(self, indices: Tensor, prompt_length: int, total: int) -> Any:
+        """The ``and_mask_function`` that keeps a sliding window measured over the
+        original sequence in shortened layers (None when there is no window or it cannot
+        bite: every key is within it). ``indices (B, L')``: input_ids index of each
+        prompt slot; ``total``: slots so far (prompt + generated)."""
+        generated = total - indices.shape[1]
+        if self._window is None or prompt_length + generated <= self._window:
+            return None
+        return window_mask_function(slot_indices(indices, prompt_length, total), self._window)
+
     def _capture(self, step: _Prefill) -> Capture:
         """The `Capture` of the next point, over the current slots."""
         return Capture(
@@ -431,7 +488,9 @@ class PruneRun:
             inputs=step.inputs,
             token_mask=step.token_mask,
             visual=step.visual,
-            candidates=_slots_of_candidates(step.visual),
+            # The first point's candidates are the layout's N (a last prompt token that is
+            # visual stays in the layout, invalid, see _keep_last_token).
+            candidates=_slots_of_candidates(step.visual, step.layout.num_tokens if step.stage == 0 else None),
             seq_index=step.seq_index,
             last=last_real(step.token_mask),
         )
@@ -446,6 +505,26 @@ class PruneRun:
                 f"past_key_values: expected a cache pruned at {list(points)} with positions="
                 f"{self.positions!r} (this block's), got one pruned at {list(pruned.points)} "
                 f"with positions={pruned.positions!r}"
+            )
+        for point, mask in pruned.masks.items():
+            if point == "input":
+                continue
+            expected = pruned.layer0_length - mask.shape[1]
+            got = cache.get_seq_length() - cache.get_seq_length(point)
+            if got != expected:
+                raise TokenpruneError(
+                    f"past_key_values: expected a pruned cache whose layers {point}.. hold "
+                    f"{expected} tokens fewer than layer 0, got {got} fewer: it was cut back to "
+                    "one length (crop(), as speculative decoding does), which a pruned cache "
+                    "cannot be"
+                )
+        new_ids = inputs.get("input_ids")
+        if new_ids is not None and bool(self.adapter.visual_mask(new_ids).any()):
+            raise TokenpruneError(
+                "input_ids: expected no visual tokens in a forward that extends a pruned cache "
+                "(the prune selected from the prompt of the first forward; a prompt fed in "
+                "pieces, as chunked prefill does, cannot be pruned), got some; send the whole "
+                "prompt in one forward"
             )
         attention_mask = inputs.get("attention_mask")
         batch = next(iter(pruned.masks.values())).shape[0]
@@ -510,6 +589,7 @@ class PruneRun:
         step.seq_index = kept
         step.candidate = plan.gather(step.candidate).masked_fill(~plan.mask, -1)
         step.masks[stage.point] = plan.mask
+        step.indices[stage.point] = kept
         step.stage += 1
         if step.stage < len(self.stages):
             step.capture = self._capture(step)
@@ -527,8 +607,9 @@ class PruneRun:
         )
         layout = step.layout if step.stage == 0 else step.layout.take(original)
         tensors: dict[str, Tensor] = {}
-        for source in self._sources[step.stage]:
-            tensors.update(source.capture(capture))
+        with torch.no_grad():
+            for source in self._sources[step.stage]:
+                tensors.update(source.capture(capture))
         builtin = {k: v for k, v in tensors.items() if k in _CUE_FIELDS}
         extra = {k: v for k, v in tensors.items() if k not in _CUE_FIELDS}
         return Cues.trusted(layout, generator=self.generator, extra=extra, **builtin)
@@ -573,6 +654,7 @@ class PruneRun:
             cache=_cache_of(kwargs),
             position_ids=adapter.mask_positions(short_positions),
             layer_idx=point,
+            and_mask_function=self._window_mask(step.seq_index, step.prompt_length, plan.mask.shape[1]),
         )
         substitute.update(adapter.shorten_inputs(point, current, plan))
         self._tag(kwargs, step)
@@ -587,6 +669,7 @@ class PruneRun:
                 prompt_length=step.prompt_length,
                 masks=dict(step.masks),
                 shift=step.shift,
+                indices=dict(step.indices),
             )
             setattr(cache, _CACHE_TAG, tag)
 
@@ -668,14 +751,36 @@ def _cache_of(kwargs: dict) -> Any:
     return kwargs.get("cache", kwargs.get("past_key_values"))
 
 
-def _slots_of_candidates(visual: Tensor) -> Tensor:
+def _slots_of_candidates(visual: Tensor, n: int | None = None) -> Tensor:
     """``(B, N)`` long: the slots of the True entries of ``visual (B, L)``, in order, -1
-    padding; N = the most in a sample."""
+    padding; N = ``n`` or the most in a sample."""
     length = visual.shape[1]
-    n = int(visual.sum(dim=1).max()) if visual.numel() else 0
+    if n is None:
+        n = int(visual.sum(dim=1).max()) if visual.numel() else 0
     order = torch.where(visual, torch.arange(length, device=visual.device), length)
     slots = order.sort(dim=1).values[:, :n]
     return torch.where(slots < length, slots, torch.full_like(slots, -1))
+
+
+def _keep_last_token(visual: Tensor, layout: Layout, token_mask: Tensor) -> tuple[Tensor, Layout]:
+    """A prompt that ends with a visual token (``[bos, t, t, <image> x 576]``) keeps that
+    token: the next token's logits come from it. It stops being a candidate (its
+    layout entry becomes invalid, like padding) and is kept like a text token.
+
+    Returns ``visual (B, L)`` and the layout, changed only for such rows.
+    """
+    last = last_real(token_mask)  # (B,)
+    ends = visual.gather(1, last.unsqueeze(1)).squeeze(1) & token_mask.any(dim=1)
+    if not bool(ends.any()):
+        return visual, layout
+    rows = torch.arange(visual.shape[0], device=visual.device)
+    visual = visual.clone()
+    visual[rows[ends], last[ends]] = False
+    # Candidates are the visual tokens in order, so the last one is candidate count - 1.
+    count = layout.num_valid().to(visual.device)
+    valid = layout.valid.clone()
+    valid[rows[ends], (count - 1)[ends]] = False
+    return visual, dataclasses.replace(layout, valid=valid)
 
 
 def _candidate_of_slot(visual: Tensor, layout: Layout) -> Tensor:
