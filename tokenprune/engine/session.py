@@ -852,6 +852,11 @@ def prune(
     ``AttentionInterface``. Prompts without visual tokens run untouched. With
     ``use_cache=False`` every forward is a prefill and is pruned.
 
+    The last prompt token always survives (when it is visual it is not a candidate).
+    Sliding-window language models keep their window over the original sequence. Only
+    the calls of the thread that entered the block are pruned; cues are computed without
+    grad, so backward (also with gradient checkpointing) works.
+
     Args:
         model: a transformers VLM with a registered adapter (``llava``, ``llava_next``,
             ``internvl``, or a plugin's).
@@ -872,8 +877,12 @@ def prune(
         CueError: a pruner needs a cue this model / point cannot give.
         UnsupportedModelError: no adapter for the model, or a language model the engine
             cannot hook.
-        TokenpruneError: inside the block, a static cache, ``labels``, or a cache pruned
-            with another schedule.
+        TokenpruneError: inside the block, a static cache, ``labels``, a cache pruned
+            with another schedule or cut back (``crop()``), ``generate()`` with chunked
+            prefill or speculative decoding (``prefill_chunk_size``,
+            ``prompt_lookup_num_tokens``, ``assistant_model``), or visual tokens fed to a
+            pruned cache.
+
     """
     adapter = adapters.adapter_for(model)
     stages = schedule(pruner, keep, layer, adapter.text.num_layers)
