@@ -28,11 +28,18 @@ class Selection:
         mask: ``(B, N)`` bool, True for kept candidates.
         scores: ``(B, N)`` float, the final scores the selector ranked by (after every
             transform and, for ``soft_nms``, after suppression).
+        merge_into: ``(B, N)`` long or None. None: kept tokens pass unchanged. Else the
+            kept candidate that absorbs each candidate (a kept one names itself; -1: not
+            merged, dropped): kept token t becomes ``sum(merge_weight[j] * x[j])`` over
+            the candidates j with ``merge_into[j] == t``, at t's position.
+        merge_weight: ``(B, N)`` float weights of that sum, or None.
     """
 
     indices: Tensor
     mask: Tensor
     scores: Tensor
+    merge_into: Tensor | None = None
+    merge_weight: Tensor | None = None
 
     @property
     def counts(self) -> Tensor:
@@ -41,7 +48,11 @@ class Selection:
 
     def __getitem__(self, index: int | slice) -> Selection:
         index = sample_slice(index, self.mask.shape[0])
-        return Selection(self.indices[index], self.mask[index], self.scores[index])
+        if self.merge_into is None:
+            return Selection(self.indices[index], self.mask[index], self.scores[index])
+        return Selection(
+            self.indices[index], self.mask[index], self.scores[index], self.merge_into[index], self.merge_weight[index]
+        )
 
     @classmethod
     def from_mask(cls, mask: Tensor, scores: Tensor) -> Selection:

@@ -50,6 +50,7 @@ from tokenprune.engine.compact import (
     scatter_candidates,
 )
 from tokenprune.engine.generate_modes import GenerateGuard
+from tokenprune.engine.merge import merge_into_kept
 from tokenprune.engine.schedule import POSITIONS, Stage, schedule
 from tokenprune.engine.tap import AttentionTap
 from tokenprune.engine.window import sliding_window_of, slot_indices, window_mask_function
@@ -565,9 +566,10 @@ class PruneRun:
         return replace
 
     # ------------------------------------------------------------------ pruning
-    def _select(self, step: _Prefill, hidden: Tensor) -> tuple[Selection, Compaction, Layout]:
+    def _select(self, step: _Prefill, hidden: Tensor) -> tuple[Selection, Compaction, Tensor]:
         """Run the current stage on ``hidden (B, L, H)`` at its point; return the
-        selection, the compaction of the current slots and the candidates' layout."""
+        selection, the compaction of the current slots and ``hidden`` with the
+        selection's merges applied (itself when it merges nothing)."""
         stage = self.stages[step.stage]
         capture = step.capture
         capture.hidden = hidden
@@ -575,6 +577,8 @@ class PruneRun:
         cues = self._cues(step)
         layout = cues.layout
         selection = stage.pruner.select(cues, step.budgets[step.stage])
+        if selection.merge_into is not None:
+            hidden = merge_into_kept(hidden, selection.merge_into, selection.merge_weight, index)
         length = step.visual.shape[1]
         keep = step.token_mask & (
             ~step.visual | scatter_candidates(selection.mask, index, length)
@@ -595,7 +599,7 @@ class PruneRun:
             step.capture = self._capture(step)
         else:
             self.prefills += 1
-        return selection, plan, layout
+        return selection, plan, hidden
 
     def _cues(self, step: _Prefill) -> Cues:
         """The current stage's `Cues`: its candidates' layout and what its cue sources
@@ -620,7 +624,7 @@ class PruneRun:
         """Shorten the language model's inputs at ``"input"``."""
         adapter = self.adapter
         position_ids = adapter.position_ids(inputs, embeds.shape[1], embeds.device)
-        _, plan, _ = self._select(step, embeds)
+        _, plan, embeds = self._select(step, embeds)
         short_positions = plan.positions(position_ids)
         if self.positions == "compact":
             # Decoding continues on the compact clock: generate() counts the original
@@ -640,7 +644,7 @@ class PruneRun:
         point = self.stages[step.stage].point
         current = {**kwargs, **(step.substitute or {})}
         position_ids = adapter.position_ids(current, hidden.shape[1], hidden.device)
-        _, plan, _ = self._select(step, hidden)
+        _, plan, hidden = self._select(step, hidden)
         short_hidden = plan.gather(hidden)
         short_positions = plan.positions(position_ids)
         substitute: dict[str, Any] = {"position_ids": short_positions}

@@ -12,13 +12,15 @@ from tokenprune.strategies import (
     dart,
     divprune,
     dpp,
+    guided,
     scores,
     selectors,
     soft_nms,
     transforms,
+    visionzip,
 )
 
-MODULES = (scores, transforms, selectors, soft_nms, divprune, dpp, dart)
+MODULES = (scores, guided, transforms, selectors, soft_nms, divprune, dpp, dart, visionzip)
 
 RECIPES = [
     Recipe("fastv", "attention | top_k", "FastV: top-k attention (Table 4 (a))"),
@@ -48,6 +50,12 @@ RECIPES = [
     Recipe("vtw", "attention | vtw", "VTW: drop every visual token from the pruning layer on"),
     Recipe("divprune", "uniform | divprune", "DivPrune: the most diverse tokens (max-min cosine distance)"),
     Recipe("dart", "key_norm | dart(pivots=8)", "DART: pivots by key L1 norm, then the tokens least duplicated with them"),
+    Recipe("cdpruner", "relevance | dpp", "CDPruner: conditional DPP of feature similarity and instruction relevance"),
+    Recipe(
+        "visionzip",
+        "vision_attention | visionzip",
+        "VisionZip: dominant tokens by the vision tower's CLS attention plus merged contextual tokens",
+    ),
     Recipe(
         "pdrop",
         "attention | top_k",

@@ -40,8 +40,8 @@ def first_pick(nearest: Tensor, partner: Tensor, valid: Tensor) -> Tensor:
     return torch.where(mutual, torch.minimum(best, other), best).squeeze(1)
 
 
-def _divprune_step(state: tuple[Tensor, Tensor], x: Tensor, inv_norm: Tensor) -> tuple:
-    """One greedy step after the first.
+def _divprune_step(i: int, state: tuple[Tensor, Tensor], x: Tensor, inv_norm: Tensor) -> tuple:
+    """One greedy step after the first (``i`` unused).
 
     Args:
         state: ``to_kept (B, N)`` distance of each token to its nearest kept token and

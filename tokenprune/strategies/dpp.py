@@ -4,8 +4,10 @@ The kernel is ``L = diag(q) S diag(q)``: ``S`` the cosine similarity of the toke
 features, ``q`` the scores (CDPruner's instruction relevance). Greedy MAP inference in
 the fast Cholesky-update form (Chen et al., NeurIPS 2018): with ``d_i^2 = L_ii``,
 repeat: keep ``j = argmax d^2`` among the tokens not kept (first index on ties);
-``e = (L_j - c_j^T C) / d_j``; append ``e`` to ``C``; ``d^2 -= e^2``. A token whose
-``d^2`` is no longer positive (the kernel is exhausted) contributes ``e = 0``.
+``e = (L_j - c_j^T C) / d_j``; append ``e`` to ``C``; ``d^2 -= e^2``. Gains at or below
+100 machine epsilons of the largest initial gain count as exhausted (more tokens kept
+than the features' rank): once no token has more, the rest are kept by quality
+(highest first), contributing ``e = 0``.
 
 Batched, no N x N kernel: each step computes the row ``L_j`` from the features
 with one matrix-vector product, and ``C`` holds ``(B, k, N)``, the k rows the method
@@ -28,32 +30,42 @@ from tokenprune.strategies.greedy import kept_mask, run_greedy
 
 __all__ = ["DPP"]
 
+#: A gain at or below this many machine epsilons of the largest initial gain is rounding
+#: noise: the kernel is exhausted (more tokens kept than the features' rank).
+_EXHAUSTED = 100
 
-def _dpp_step(state: tuple[Tensor, Tensor, Tensor, Tensor], quality: Tensor, x: Tensor, inv_norm: Tensor) -> tuple:
-    """One greedy MAP step.
+
+def _dpp_step(
+    i: int, state: tuple[Tensor, Tensor], rows: Tensor, floor: Tensor, quality: Tensor, x: Tensor, inv_norm: Tensor
+) -> tuple:
+    """Greedy MAP step ``i``.
 
     Args:
-        state: ``d2 (B, N)`` remaining marginal gains, ``closed (B, N)`` bool (kept or
-            padding), ``rows (B, T, N)`` the Cholesky rows so far, ``count (B,)`` long
-            rows written.
+        state: ``d2 (B, N)`` remaining marginal gains and ``closed (B, N)`` bool (kept or
+            padding).
+        rows: ``(B, T, N)`` the Cholesky rows; row ``i`` is written in place (a sample past
+            its budget writes rows nobody reads).
+        floor: ``(B, 1)`` gains at or below it count as exhausted (rounding noise).
         quality: ``(B, N)`` the kernel's quality term q.
         x, inv_norm: the token `Features`.
     """
-    d2, closed, rows, count = state
-    b, t, n = rows.shape
-    kept = d2.masked_fill(closed, float("-inf")).argmax(dim=1)
+    d2, closed = state
+    b = rows.shape[0]
+    live = (d2 > floor) & ~closed
+    by_gain = d2.masked_fill(~live, float("-inf")).argmax(dim=1)
+    # An exhausted kernel (every gain at the floor) gives no more information: the rest
+    # go by quality, so the choice never depends on rounding noise.
+    by_quality = quality.masked_fill(closed, float("-inf")).argmax(dim=1)
+    kept = torch.where(live.any(dim=1), by_gain, by_quality)
     closed = closed.scatter(1, kept.unsqueeze(1), True)
     q_kept = torch.gather(quality, 1, kept.unsqueeze(1))
     kernel_row = q_kept * Features(x, inv_norm).cosine_to(kept) * quality  # L[j, :]
-    c_kept = torch.gather(rows, 2, kept.view(b, 1, 1).expand(b, t, 1))  # (B, T, 1)
-    projected = torch.bmm(c_kept.transpose(1, 2), rows).squeeze(1)  # c_j^T C
-    gain = torch.gather(d2, 1, kept.unsqueeze(1)).clamp(min=0)
-    e = torch.where(gain > 0, (kernel_row - projected) / gain.sqrt().clamp(min=1e-300), torch.zeros_like(kernel_row))
-    # Samples past their budget keep writing (their state is discarded): stay in range.
-    slot = count.clamp(max=max(t - 1, 0)).view(b, 1, 1).expand(b, 1, n)
-    rows = rows.scatter(1, slot, e.unsqueeze(1))
-    return (d2 - e * e, closed, rows, count + 1), kept
-
+    c_kept = torch.gather(rows[:, :i], 2, kept.view(b, 1, 1).expand(b, i, 1))  # (B, i, 1)
+    projected = torch.bmm(c_kept.transpose(1, 2), rows[:, :i]).squeeze(1)  # c_j^T C
+    gain = torch.gather(d2, 1, kept.unsqueeze(1))
+    e = torch.where(gain > floor, (kernel_row - projected) / gain.clamp(min=1e-300).sqrt(), torch.zeros_like(kernel_row))
+    rows[:, i] = e
+    return (d2 - e * e, closed), kept
 
 
 @dataclass(frozen=True, repr=False)
@@ -85,6 +97,6 @@ class DPP(Selector):
         b, n = quality.shape
         steps = int(budget.max()) if budget.numel() else 0
         rows = quality.new_zeros(b, steps, n)
-        count = torch.zeros(b, dtype=torch.long, device=scores.device)
-        order, _ = run_greedy(_dpp_step, (d2, ~valid, rows, count), budget, quality, feats.x, feats.inv_norm)
+        floor = _EXHAUSTED * torch.finfo(dtype).eps * d2.amax(dim=1, keepdim=True)
+        order, _ = run_greedy(_dpp_step, (d2, ~valid), budget, rows, floor, quality, feats.x, feats.inv_norm)
         return Selection.from_mask(kept_mask(order, budget, n), scores)

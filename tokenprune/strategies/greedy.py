@@ -23,8 +23,9 @@ __all__ = ["kept_mask", "run_greedy"]
 def run_greedy(
     step: Callable[..., tuple[tuple[Tensor, ...], Tensor]], state: tuple[Tensor, ...], budget: Tensor, *args
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Run ``step(state, *args) -> (new_state, kept (B,))`` until every sample spent its
-    ``budget (B,)``; ``state`` is a tuple of batch-first tensors.
+    """Run ``step(i, state, *args) -> (new_state, kept (B,))`` for steps i = 0, 1, ...
+    until every sample spent its ``budget (B,)``; ``state`` is a tuple of batch-first
+    tensors (a sample's is frozen once its budget is spent).
 
     Returns:
         ``order (B, S)`` long, the kept index of each step (S = max budget), and the
@@ -33,7 +34,7 @@ def run_greedy(
     steps = int(budget.max()) if budget.numel() else 0
     kept = []
     for i in range(steps):
-        new_state, index = step(state, *args)
+        new_state, index = step(i, state, *args)
         going = budget > i
         state = tuple(
             torch.where(going.view(-1, *([1] * (new.dim() - 1))), new, old) for new, old in zip(new_state, state)
