@@ -17,13 +17,14 @@ STEPS = 3
 
 def greedy(model, inputs):
     with torch.no_grad():
-        return model.generate(
-            **inputs,
-            max_new_tokens=STEPS,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        # Options in ``inputs`` (beams, sampling, no cache) override the greedy defaults.
+        defaults = {
+            "max_new_tokens": STEPS,
+            "do_sample": False,
+            "output_logits": True,
+            "return_dict_in_generate": True,
+        }
+        return model.generate(**{**defaults, **inputs})
 
 
 @pytest.mark.parametrize("family", FAMILIES)

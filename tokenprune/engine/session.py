@@ -520,7 +520,13 @@ class PruneRun:
                     "cannot be"
                 )
         new_ids = inputs.get("input_ids")
-        if new_ids is not None and bool(self.adapter.visual_mask(new_ids).any()):
+        # A generated token may be a placeholder id; without image inputs to scatter the
+        # model embeds it like any token, as it does unpruned.
+        if (
+            new_ids is not None
+            and _brings_visual_inputs(inputs)
+            and bool(self.adapter.visual_mask(new_ids).any())
+        ):
             raise TokenpruneError(
                 "input_ids: expected no visual tokens in a forward that extends a pruned cache "
                 "(the prune selected from the prompt of the first forward; a prompt fed in "
@@ -731,6 +737,14 @@ def _has_images(inputs: dict[str, Any]) -> bool:
     return any(
         inputs.get(key) is not None and not (isinstance(inputs[key], dict) and not inputs[key])
         for key in ("pixel_values", "mm_encoder_outputs")
+    )
+
+
+def _brings_visual_inputs(inputs: dict[str, Any]) -> bool:
+    """Whether a forward carries image or video inputs to scatter into its placeholders."""
+    return any(
+        inputs.get(key) is not None and not (isinstance(inputs[key], dict) and not inputs[key])
+        for key in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
     )
 
 
