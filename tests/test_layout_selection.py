@@ -84,6 +84,11 @@ def test_tokens_without_any_region_are_a_valid_layout_every_recipe_handles():
         text_attention=torch.rand(2, 5, generator=g),
         self_attention=torch.rand(2, 5, generator=g),
         generator=g,
+        extra={
+            "cls_attention": torch.rand(2, 5, generator=g),
+            "text_embeddings": torch.randn(2, 3, 4, generator=g),
+            "text_mask": torch.ones(2, 3, dtype=torch.bool),
+        },
     )
     recipes = [name.split(":", 1)[1] for name in tokenprune.available() if name.startswith("recipe:")]
     assert "adaptprune" in recipes and "grid_max" in recipes
