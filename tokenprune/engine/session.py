@@ -524,7 +524,7 @@ class PruneRun:
         # model embeds it like any token, as it does unpruned.
         if (
             new_ids is not None
-            and _brings_visual_inputs(inputs)
+            and _has_images(inputs, _VISUAL_INPUTS)
             and bool(self.adapter.visual_mask(new_ids).any())
         ):
             raise TokenpruneError(
@@ -732,19 +732,16 @@ def _with_hidden(hidden: Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _has_images(inputs: dict[str, Any]) -> bool:
+#: Inputs that carry images (or videos) to scatter into placeholders.
+_IMAGE_INPUTS = ("pixel_values", "mm_encoder_outputs")
+_VISUAL_INPUTS = (*_IMAGE_INPUTS, "pixel_values_videos")
+
+
+def _has_images(inputs: dict[str, Any], keys: tuple[str, ...] = _IMAGE_INPUTS) -> bool:
     # generate() passes mm_encoder_outputs={} for a prompt without images.
     return any(
         inputs.get(key) is not None and not (isinstance(inputs[key], dict) and not inputs[key])
-        for key in ("pixel_values", "mm_encoder_outputs")
-    )
-
-
-def _brings_visual_inputs(inputs: dict[str, Any]) -> bool:
-    """Whether a forward carries image or video inputs to scatter into its placeholders."""
-    return any(
-        inputs.get(key) is not None and not (isinstance(inputs[key], dict) and not inputs[key])
-        for key in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
+        for key in keys
     )
 
 
