@@ -13,15 +13,16 @@ from .reference import recording_pruner
 
 
 def right_padded(inputs):
-    """The same batch with each row's padding moved to the end."""
+    """The same batch with each row's padding moved to the end (every per-token tensor:
+    ``input_ids``, ``attention_mask``, Qwen-VL's ``mm_token_type_ids``)."""
     mask = inputs["attention_mask"].bool()
-    ids = torch.zeros_like(inputs["input_ids"])
-    new_mask = torch.zeros_like(inputs["attention_mask"])
-    for b in range(ids.shape[0]):
-        row = inputs["input_ids"][b][mask[b]]
-        ids[b, : row.numel()] = row
-        new_mask[b, : row.numel()] = 1
-    return {**inputs, "input_ids": ids, "attention_mask": new_mask}
+    per_token = {k: v for k, v in inputs.items() if torch.is_tensor(v) and v.shape == mask.shape}
+    moved = {k: torch.zeros_like(v) for k, v in per_token.items()}
+    for b in range(mask.shape[0]):
+        length = int(mask[b].sum())
+        for k, v in per_token.items():
+            moved[k][b, :length] = v[b][mask[b]]
+    return {**inputs, **moved}
 
 
 def test_keep_one_right_padded_is_bitwise_at_real_positions(llava, batches):

@@ -72,8 +72,8 @@ def test_keep_1_is_bitwise(models, batches, family, layer):
 
 @pytest.mark.parametrize(
     ("family", "layer"),
-    [("qwen2_vl", 2), ("qwen2_5_vl", "input"), ("qwen3_vl", 1), ("qwen3_vl", 2), ("qwen3_vl", "input"),
-     ("llava_onevision", 2)],
+    [("qwen2_vl", 2), ("qwen2_vl", "input"), ("qwen2_5_vl", 2), ("qwen2_5_vl", "input"), ("qwen3_vl", 1),
+     ("qwen3_vl", 2), ("qwen3_vl", "input"), ("llava_onevision", 2)],
 )
 def test_pruned_equals_masked_reference(models, batches, family, layer):
     model, inputs = models[family], batches[family].inputs
@@ -112,14 +112,34 @@ def _single(batch, b):
     return out
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def _single_onevision(batch, b):
+    """Sample ``b`` of a LLaVA-OneVision `make_batch` batch alone, without padding: its
+    images (one ``pixel_values`` row each) and videos (one ``pixel_values_videos`` row each)."""
+    inputs = batch.inputs
+    mask = inputs["attention_mask"][b].bool()
+    out = {key: inputs[key][b][mask][None] for key in ("input_ids", "attention_mask")}
+    images = [[len(v) == 2 for v in sample] for sample in batch.image_sizes]
+    first_image = sum(map(sum, images[:b]))
+    first_video = sum(len(s) - sum(s) for s in images[:b])
+    count = sum(images[b])
+    out["batch_num_images"] = torch.tensor([count])
+    if count:
+        out["pixel_values"] = inputs["pixel_values"][first_image : first_image + count]
+        out["image_sizes"] = inputs["image_sizes"][first_image : first_image + count]
+    if len(images[b]) > count:
+        out["pixel_values_videos"] = inputs["pixel_values_videos"][first_video : first_video + len(images[b]) - count]
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_batch_equals_single_runs(models, batches, family):
     model, batch = models[family], batches[family]
     pad = (~batch.inputs["attention_mask"].bool()).sum(1)
     with tokenprune.prune(model, "adaptprune_video", keep=0.3, layer=2):
         together = greedy(model, batch.inputs)
         for b in range(len(VISUALS[family])):
-            alone = greedy(model, _single(batch, b))
+            single = _single_onevision if family == "llava_onevision" else _single
+            alone = greedy(model, single(batch, b))
             assert torch.equal(together.sequences[b][pad[b] :], alone.sequences[0])
             torch.testing.assert_close(
                 torch.stack(together.logits)[:, b], torch.stack(alone.logits)[:, 0], atol=1e-4, rtol=0
@@ -159,3 +179,28 @@ def test_compact_positions_are_refused_with_m_rope(models, batches):
         torch.no_grad(),
     ):
         model(**inputs)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_right_padded_rows_equal_single_runs(models, batches, family):
+    """A right-padded Qwen batch (M-RoPE positions from the attention mask) gives each row
+    the logits of its sample run alone at its real positions; keep=1.0 is bitwise the
+    unpruned right-padded forward."""
+    from .test_padding import right_padded
+
+    model, batch = models[family], batches[family]
+    inputs = right_padded(batch.inputs)
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        unpruned = model(**inputs).logits
+    with tokenprune.prune(model, "fastv", keep=1.0, layer=2), torch.no_grad():
+        assert torch.equal(model(**inputs).logits[real], unpruned[real])
+    with tokenprune.prune(model, "adaptprune_video", keep=0.3, layer=2) as run, torch.no_grad():
+        logits = model(**inputs).logits  # (B, L', V)
+        kept = run.kept
+        for b in range(len(VISUALS[family])):
+            alone = model(**_single(batch, b)).logits[0]  # (L'_b, V)
+            slots = kept[b] >= 0
+            assert slots.sum() == alone.shape[0]
+            assert not slots[alone.shape[0] :].any(), "kept tokens stay left-aligned"
+            torch.testing.assert_close(logits[b][slots], alone, atol=1e-4, rtol=0)
