@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tiny_models import BOS_ID, IMAGE_TOKEN_ID, PAD_ID
 
@@ -91,8 +91,16 @@ def _last_real(mask):
     return mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
 
 
-@settings(max_examples=4)
-@given(rows=prompt_rows(), side=st.sampled_from(["left"]), recipe=st.sampled_from(["fastv", "adaptprune"]))
+@pytest.mark.parametrize("side", ["left", "right"])
+@settings(max_examples=3)
+@given(rows=prompt_rows(), recipe=st.sampled_from(["fastv", "adaptprune"]))
+# rows of different lengths, so the padding side matters: two images ending the prompt
+# beside one image mid-prompt, and an image row beside a text-only row
+@example(
+    rows=[[("bos", 1), ("text", 2), ("image", 0), ("text", 1), ("image", 1)], [("bos", 1), ("text", 3), ("image", 2), ("text", 1)]],
+    recipe="adaptprune",
+)
+@example(rows=[[("image", 0), ("text", 2)], [("bos", 1), ("text", 3)]], recipe="fastv")
 def test_every_prompt_shape(llava, pixels, rows, side, recipe):
     inputs, prompts = build(rows, side, pixels)
     mask = inputs["attention_mask"].bool()
