@@ -6,9 +6,11 @@ distance ``radius`` of it (itself and kept tokens included) by ``1 - prod(D_term
 A term that reaches other frames (``temporal``) adds the kept token's cell in the frames
 of its video up to ``frames`` away to that window.
 
-The fast path is batched over samples, never builds an N x N matrix (a window of at
-most ``W ~ pi * radius^2`` tokens is looked up per step), and has no host sync per
-kept token. Its step function is compiled once with dynamic shapes.
+On CPU tensors, with a radius and the built-in decay terms, a C kernel
+(`tokenprune.strategies.soft_nms_cpu`) computes the selection with lazy suppression;
+otherwise the torch steps below run. They are batched over samples, never build an
+N x N matrix (a window of at most ``W ~ pi * radius^2`` tokens is looked up per step),
+have no host sync per kept token, and are compiled once with dynamic shapes.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from torch import Tensor
 
 from tokenprune.compile import maybe_compiled
 from tokenprune.cues import Cues
-from tokenprune.errors import CueError, SpecError
+from tokenprune.errors import SpecError
 from tokenprune.layout import Layout
 from tokenprune.selection import Selection
 from tokenprune.stage_checks import CheckedDecay, is_trusted
+from tokenprune.strategies import soft_nms_cpu
 from tokenprune.strategies.base import Decay, DecayContext, Selector
 from tokenprune.strategies.grid import (
     CellGrid,
@@ -113,8 +116,9 @@ class TemporalDecay(Decay):
 def key_inv_norm(keys: Tensor, dtype: torch.dtype, chunk: int = 2048) -> Tensor:
     """``(B, N)`` 1 / max(||key||, 1e-12) in ``dtype``, computed in chunks of N so that no
     full-size upcast copy of ``keys (B, N, D)`` is made."""
+    wide = torch.promote_types(keys.dtype, dtype)  # float64 keys with float32 scores
     parts = [
-        torch.linalg.vector_norm(keys[:, i : i + chunk], dim=-1, dtype=dtype)
+        torch.linalg.vector_norm(keys[:, i : i + chunk], dim=-1, dtype=wide).to(dtype)
         for i in range(0, keys.shape[1], chunk)
     ]
     norm = torch.cat(parts, dim=1) if parts else keys.new_zeros(keys.shape[:2], dtype=dtype)
@@ -330,6 +334,18 @@ class SoftNMS(Selector):
         # A plugin's factors are checked as they are made (built once: dynamo guards on them).
         return tuple(d if is_trusted(d) else CheckedDecay(d) for d in self.decays)
 
+    @functools.cached_property
+    def _native_sigmas(self) -> tuple[float | None, float | None] | None:
+        """(spatial, similarity) sigmas where the decays are at most one of each of the
+        two built-in terms (what the CPU kernel computes), else None."""
+        kinds = [type(d) for d in self.decays]
+        if self.radius is None or any(k not in (SpatialDecay, SimilarityDecay) for k in kinds):
+            return None
+        if len(set(kinds)) != len(kinds):
+            return None
+        sigma = {type(d): d.sigma for d in self.decays}
+        return sigma.get(SpatialDecay), sigma.get(SimilarityDecay)
+
     def all_requires(self) -> frozenset[str]:
         out = self.requires
         for d in self.decays:
@@ -353,13 +369,17 @@ class SoftNMS(Selector):
         keys = inv = None
         if "keys" in self.all_requires():
             keys = cues.require("keys", self.name)
+        sigmas = self._native_sigmas
+        if sigmas is not None and soft_nms_cpu.applies(scores, keys):
+            done = soft_nms_cpu.run(scores, layout, budget, keys, self.radius, *sigmas)
+            if done is not None:
+                indices, mask, final = done
+                return Selection(indices=indices, mask=mask, scores=final)
+        if keys is not None:
             inv = key_inv_norm(keys, dtype)
         steps, negative, largest = _host_facts(scores, layout, budget)
         if negative:
-            raise CueError(
-                "scores: soft_nms multiplies scores by suppression factors and needs them >= 0, "
-                f"got min {float(scores[layout.valid].min()):.4g}"
-            )
+            raise soft_nms_cpu.negative_score_error(scores, layout.valid)
         grid = cell_grid(layout) if self.radius is not None else None
         across = frame_distance = None
         reach = max((d.frame_reach() for d in self.decays), default=0)

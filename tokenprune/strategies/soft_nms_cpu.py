@@ -1,0 +1,186 @@
+"""``soft_nms`` on the CPU through a small C kernel with lazy suppression.
+
+`soft_nms_cpu.c` computes the same selection and final scores as the torch steps of
+`tokenprune.strategies.soft_nms` for the default decay terms (spatial, similarity) with
+a radius, computing a suppression factor only where it can change the argmax or the
+final scores (see the C file). It builds in about half a second at the first call
+(`tokenprune.native`), and B, N, D and the dtypes are run-time arguments: nothing
+recompiles. It runs where compilation is on (``tokenprune.set_compile``) and
+`native_enabled` is True; otherwise, or where no C compiler is found (warned once),
+``soft_nms`` runs its torch steps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from tokenprune.compile import compile_enabled
+from tokenprune.errors import CueError
+from tokenprune.layout import Layout
+from tokenprune.native import NativeBuildError, load
+
+__all__ = ["applies", "native_enabled", "native_mode", "negative_score_error", "run", "set_native"]
+
+SOURCE = Path(__file__).with_name("soft_nms_cpu.c")
+
+#: ``-DTP_KEYS`` of each key dtype the kernel reads in place.
+KEY_TYPES = {torch.float32: 1, torch.float64: 2, torch.bfloat16: 3, torch.float16: 4}
+
+_enabled = True
+_failed = False  # the build failed once: torch steps from then on
+
+
+def native_enabled() -> bool:
+    """Whether ``soft_nms`` may use the C kernel on CPU tensors (when compiling is on)."""
+    return _enabled and not _failed
+
+
+def set_native(enabled: bool) -> None:
+    """Allow or forbid the C kernel (tests and benchmarks compare it with the torch steps)."""
+    global _enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {enabled!r}")
+    _enabled = enabled
+
+
+@contextmanager
+def native_mode(enabled: bool):
+    """Temporarily allow or forbid the C kernel: ``with native_mode(False): ...``."""
+    previous = _enabled
+    set_native(enabled)
+    try:
+        yield
+    finally:
+        set_native(previous)
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [
+        ("b", ctypes.c_int64),
+        ("n", ctypes.c_int64),
+        ("d", ctypes.c_int64),
+        ("r", ctypes.c_int64),
+        ("budget", ctypes.c_void_p),
+        ("valid", ctypes.c_void_p),
+        ("regions", ctypes.c_void_p),
+        ("coords", ctypes.c_void_p),
+        ("shapes", ctypes.c_void_p),
+        ("key_batch", ctypes.c_int64),
+        ("key_row", ctypes.c_int64),
+        ("radius", ctypes.c_double),
+        ("spatial_sigma", ctypes.c_double),
+        ("similarity_sigma", ctypes.c_double),
+        ("mask", ctypes.c_void_p),
+        ("indices", ctypes.c_void_p),
+        ("kept_most", ctypes.c_void_p),
+    ]
+
+
+_functions: dict[tuple[torch.dtype, torch.dtype], ctypes._CFuncPtr] = {}
+
+
+def _function(compute: torch.dtype, keys: torch.dtype):
+    """The kernel for scores in ``compute`` and keys in ``keys``, or None if it cannot be built."""
+    global _failed
+    fn = _functions.get((compute, keys))
+    if fn is None:
+        defines = (f"-DTP_KEYS={KEY_TYPES[keys]}",) + (("-DTP_DOUBLE",) if compute == torch.float64 else ())
+        try:
+            fn = load(SOURCE, defines).soft_nms
+        except (NativeBuildError, OSError) as exc:
+            _failed = True
+            warnings.warn(
+                f"tokenprune: building the soft_nms CPU kernel failed ({exc}); soft_nms runs its "
+                "torch steps from now on",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p, ctypes.c_void_p]
+        _functions[(compute, keys)] = fn
+    return fn
+
+
+def applies(scores: Tensor, keys: Tensor | None) -> bool:
+    """Whether the kernel can run these inputs (CPU, supported dtypes, compiling on)."""
+    return (
+        scores.device.type == "cpu"
+        and scores.dtype in (torch.float32, torch.float64)
+        and (keys is None or (keys.device.type == "cpu" and keys.dtype in KEY_TYPES))
+        and compile_enabled()
+        and native_enabled()
+    )
+
+
+#: Status codes of the kernel.
+NO_MEMORY, NEGATIVE_SCORE = 1, 2
+
+
+def run(
+    scores: Tensor,
+    layout: Layout,
+    budget: Tensor,
+    keys: Tensor | None,
+    radius: float,
+    spatial_sigma: float | None,
+    similarity_sigma: float | None,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Soft-NMS of ``scores (B, N)`` (float32/64, -inf on padding) with the window of
+    ``radius`` cells, keeping ``budget (B,)`` tokens per sample; ``keys (B, N, D)`` read
+    in place (in their own dtype) when ``similarity_sigma`` is given.
+
+    Returns:
+        ``indices (B, K)`` (ascending, -1 padded), ``mask (B, N)`` and the final
+        ``scores (B, N)``; None when the kernel is unavailable (the caller runs the torch
+        steps).
+
+    Raises:
+        CueError: a valid score is negative (`negative_score_error`).
+    """
+    if keys is None or similarity_sigma is None:
+        keys, similarity_sigma = None, None
+    fn = _function(scores.dtype, keys.dtype if keys is not None else torch.float32)
+    if fn is None:
+        return None
+    b, n = scores.shape
+    out = scores.contiguous().clone()
+    mask = torch.empty(b, n, dtype=torch.bool)
+    indices = torch.empty(b, n, dtype=torch.long)
+    most = torch.zeros(1, dtype=torch.long)
+    budget = budget.contiguous()
+    valid = layout.valid.contiguous()
+    regions = layout.regions.contiguous()
+    coords = layout.coords.to(torch.float64).contiguous()
+    shapes = layout.region_shapes.contiguous()
+    key_batch = key_row = 0
+    if keys is not None:
+        if keys.stride(-1) != 1:
+            keys = keys.contiguous()
+        key_batch, key_row = keys.stride(0), keys.stride(1)
+    args = _Args(
+        b, n, keys.shape[-1] if keys is not None else 0, shapes.shape[1],
+        budget.data_ptr(), valid.data_ptr(), regions.data_ptr(), coords.data_ptr(), shapes.data_ptr(),
+        key_batch, key_row, radius, spatial_sigma or 0.0, similarity_sigma or 0.0,
+        mask.data_ptr(), indices.data_ptr(), most.data_ptr(),
+    )  # fmt: skip
+    status = fn(ctypes.byref(args), out.data_ptr(), keys.data_ptr() if keys is not None else None)
+    if status == NEGATIVE_SCORE:
+        raise negative_score_error(scores, layout.valid)
+    if status == NO_MEMORY:
+        raise MemoryError("soft_nms CPU kernel: out of memory")
+    return indices[:, : int(most[0])], mask, out
+
+
+def negative_score_error(scores: Tensor, valid: Tensor) -> CueError:
+    """The error for ``scores (B, N)`` with a negative value at a ``valid (B, N)`` token."""
+    return CueError(
+        "scores: soft_nms multiplies scores by suppression factors and needs them >= 0, "
+        f"got min {float(scores[valid].min()):.4g}"
+    )
