@@ -113,18 +113,30 @@ class Adapter:
         return input_ids == image_token_id(self.model)
 
     # --------------------------------------------------------- generate() inputs
+    #: Recorders of inputs that ``generate()`` hides (`tokenprune.adapters.images.ImageInputs`
+    #: or anything with ``open()``, ``close()`` and ``recover(inputs)``): the default `open`,
+    #: `close` and `recover_inputs` run each in turn. Empty: nothing is hidden.
+    recorders: tuple[Any, ...] = ()
+
     def open(self) -> None:
         """Called when a ``prune`` block is entered: install what `recover_inputs` needs
         (e.g. a recorder of inputs that ``generate()`` consumes before the prefill).
-        Must be undone by `close`."""
+        Must be undone by `close`. Default: open every recorder."""
+        for recorder in self.recorders:
+            recorder.open()
 
     def close(self) -> None:
         """Undo `open` (idempotent; also called after an error in `open`)."""
+        for recorder in self.recorders:
+            recorder.close()
 
     def recover_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The prefill's forward inputs with what ``generate()`` hid from them restored
         (LLaVA-NeXT: ``image_sizes``, which ``generate()`` consumes when it encodes the
-        images first). Default: ``inputs`` unchanged."""
+        images first). Default: each recorder's ``recover`` in turn (``inputs`` unchanged
+        without recorders)."""
+        for recorder in self.recorders:
+            inputs = recorder.recover(inputs)
         return inputs
 
     # ----------------------------------------------------- language-model stack

@@ -14,6 +14,7 @@ from tokenprune.layout import Layout
 
 __all__ = [
     "assign_images",
+    "image_or_video_mask",
     "image_sizes_of",
     "image_token_id",
     "input_ids_of",
@@ -27,6 +28,13 @@ __all__ = [
 def model_type(model: Any) -> str | None:
     """``model.config.model_type``, or None for objects without a config."""
     return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def image_or_video_mask(model: Any, input_ids: Tensor) -> Tensor:
+    """``(B, L)`` bool: the image and the video placeholders (``config.image_token_id``,
+    ``config.video_token_id``) of ``input_ids (B, L)``."""
+    config = model.config
+    return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
 
 
 def image_token_id(model: Any) -> int:

@@ -112,7 +112,7 @@ class LlavaNext(Adapter):
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
-        self._images = ImageInputs(model)
+        self.recorders = (ImageInputs(model),)
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -121,11 +121,3 @@ class LlavaNext(Adapter):
     def layout(self, **inputs: Any) -> Layout:
         return layout(self.model, **inputs)
 
-    def open(self) -> None:
-        self._images.open()
-
-    def close(self) -> None:
-        self._images.close()
-
-    def recover_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return self._images.recover(inputs)

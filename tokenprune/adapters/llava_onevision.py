@@ -30,6 +30,7 @@ from tokenprune.adapters.builder import FULL_IMAGE, SampleBuilder
 from tokenprune.adapters.images import ImageInputs
 from tokenprune.adapters.inputs import (
     assign_images,
+    image_or_video_mask,
     image_sizes_of,
     input_ids_of,
     model_type,
@@ -268,7 +269,7 @@ class LlavaOnevision(Adapter):
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
-        self._images = ImageInputs(model)
+        self.recorders = (ImageInputs(model),)
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -278,14 +279,4 @@ class LlavaOnevision(Adapter):
         return layout(self.model, **inputs)
 
     def visual_mask(self, input_ids: Tensor) -> Tensor:
-        config = self.model.config
-        return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
-
-    def open(self) -> None:
-        self._images.open()
-
-    def close(self) -> None:
-        self._images.close()
-
-    def recover_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return self._images.recover(inputs)
+        return image_or_video_mask(self.model, input_ids)

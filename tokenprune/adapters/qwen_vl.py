@@ -24,7 +24,13 @@ from torch import Tensor
 from tokenprune.adapters.base import Adapter, Point
 from tokenprune.adapters.builder import FULL_IMAGE
 from tokenprune.adapters.images import ImageInputs
-from tokenprune.adapters.inputs import assign_images, input_ids_of, model_type, no_visual_tokens
+from tokenprune.adapters.inputs import (
+    assign_images,
+    image_or_video_mask,
+    input_ids_of,
+    model_type,
+    no_visual_tokens,
+)
 from tokenprune.errors import LayoutError, UnsupportedModelError
 from tokenprune.layout import Layout
 
@@ -197,9 +203,9 @@ class QwenVL(Adapter):
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
-        self._grids = {
-            kind: ImageInputs(model, modality=kind, key=f"{kind}_grid_thw") for kind in ("image", "video")
-        }
+        self.recorders = tuple(
+            ImageInputs(model, modality=kind, key=f"{kind}_grid_thw") for kind in ("image", "video")
+        )
         self._deepstack = _Deepstack(self.text.model) if model_type(model) == "qwen3_vl" else None
 
     @classmethod
@@ -210,25 +216,17 @@ class QwenVL(Adapter):
         return layout(self.model, **inputs)
 
     def visual_mask(self, input_ids: Tensor) -> Tensor:
-        config = self.model.config
-        return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+        return image_or_video_mask(self.model, input_ids)
 
     def open(self) -> None:
-        for recorder in self._grids.values():
-            recorder.open()
+        super().open()
         if self._deepstack is not None:
             self._deepstack.open()
 
     def close(self) -> None:
-        for recorder in self._grids.values():
-            recorder.close()
+        super().close()
         if self._deepstack is not None:
             self._deepstack.close()
-
-    def recover_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        for recorder in self._grids.values():
-            inputs = recorder.recover(inputs)
-        return inputs
 
     def mask_positions(self, position_ids: Tensor) -> Tensor | None:
         """Row 0 of ``(4, B, L)`` ids (the text positions); None for ``(3, B, L)`` ids,
