@@ -28,7 +28,7 @@ __all__ = ["NativeBuildError", "cache_dir", "load"]
 
 #: Tried in order: the first set the compiler accepts is used.
 FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp-simd"),
+    ("-O3", "-march=native"),
     ("-O3",),
 )
 

@@ -138,11 +138,19 @@ typedef float KT;
 #endif
 
 
+/* 32 independent lanes: one accumulator chain would wait on each add's latency. */
+#define LANES 32
+
 static inline T key_dot(const KT *restrict a, const KT *restrict b, int64_t d) {
+    T lane[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= d; i += LANES)
+        for (int j = 0; j < LANES; ++j) lane[j] += TO_T(a[i + j]) * TO_T(b[i + j]);
     T acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < d; ++i) acc += TO_T(a[i]) * TO_T(b[i]);
-    return acc;
+    for (; i < d; ++i) acc += TO_T(a[i]) * TO_T(b[i]);
+    for (int width = LANES / 2; width >= 1; width /= 2)
+        for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
+    return lane[0] + acc;
 }
 
 /* The leader of two tokens: an alive one before a kept one, then the higher score,

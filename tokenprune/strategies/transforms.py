@@ -10,22 +10,11 @@ from torch import Tensor
 
 from tokenprune.cues import Cues
 from tokenprune.errors import SpecError
-from tokenprune.layout import Layout, region_values
+from tokenprune.layout import Layout
 from tokenprune.strategies.base import Transform
 from tokenprune.strategies.grid import neighbors, square_offsets
 
 __all__ = ["AvgPool", "Gaussian", "gaussian_map"]
-
-
-def _axis_coordinate(index: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
-    """Coordinate of cell ``index`` on ``linspace(-size/2, size/2, size)``, and the
-    smallest |coordinate| of that axis (the centre cell's)."""
-    size_f = size.to(torch.float64)
-    step = torch.where(size > 1, size_f / (size_f - 1).clamp(min=1), torch.zeros_like(size_f))
-    coord = -size_f / 2 + index.to(torch.float64) * step
-    coord = torch.where(size > 1, coord, torch.zeros_like(coord))
-    centre = (-size_f / 2 + torch.div(size - 1, 2, rounding_mode="floor").to(torch.float64) * step).abs()
-    return coord, torch.where(size > 1, centre, torch.zeros_like(centre))
 
 
 def gaussian_map(layout: Layout, sigma: float | None = None) -> Tensor:
@@ -36,22 +25,27 @@ def gaussian_map(layout: Layout, sigma: float | None = None) -> Tensor:
     divided by its maximum over the region. ``sigma=None`` uses ``sy = h/2, sx = w/2``:
     for LLaVA-1.5's 24 x 24 grid that is the authors' ``sigma = 12`` on ``linspace(-12, 12, 24)``.
     """
-    shapes = layout.region_shapes
-    h = region_values(layout, shapes[..., 0])
-    w = region_values(layout, shapes[..., 1])
-    pos = torch.nan_to_num(layout.coords).long()
-    y, y0 = _axis_coordinate(pos[..., 0], h)
-    x, x0 = _axis_coordinate(pos[..., 1], w)
-    if sigma is None:
-        sy, sx = h.to(torch.float64) / 2, w.to(torch.float64) / 2
-    else:
-        sy = sx = torch.full_like(y, float(sigma))
-    sy, sx = sy.clamp(min=1e-12), sx.clamp(min=1e-12)
-    # y^2 >= y0^2 exactly; clamping the rounding error keeps a tiny sigma from turning
-    # -1e-17 / sigma^2 into exp(+huge) = inf (the centre's factor is 1, others -> 0).
-    exponent = ((y**2 - y0**2) / (2 * sy**2)).clamp(min=0) + ((x**2 - x0**2) / (2 * sx**2)).clamp(min=0)
-    factor = torch.exp(-exponent)
-    return torch.where(layout.placed, factor, torch.ones_like(factor))
+    # Both axes at once on (B, N, 2) = (row, col) tensors: few ops, as this runs at
+    # every prefill. A token's size on an axis is its region's, 0 without a region.
+    b, r = layout.region_shapes.shape[:2]
+    shapes = torch.cat([layout.region_shapes, layout.region_shapes.new_zeros(b, 1, 2)], dim=1)
+    region = torch.where(layout.regions >= 0, layout.regions, r)
+    size = torch.gather(shapes, 1, region.unsqueeze(-1).expand(-1, -1, 2))
+    size_f = size.to(torch.float64)
+    wide = size > 1
+    # Cell i of an axis of n cells sits at -n/2 + i * n / (n - 1) (linspace); the centre
+    # cell (n - 1) // 2 has the smallest |coordinate|, which the max-division removes.
+    step = torch.where(wide, size_f / (size_f - 1).clamp(min=1), 0.0)
+    half = -size_f / 2
+    coord = torch.where(wide, half + torch.nan_to_num(layout.coords).long().to(torch.float64) * step, 0.0)
+    centre = torch.where(wide, (half + torch.div(size - 1, 2, rounding_mode="floor").to(torch.float64) * step).abs(), 0.0)
+    spread = size_f / 2 if sigma is None else torch.full_like(size_f, float(sigma))
+    spread = spread.clamp(min=1e-12)
+    # coord^2 >= centre^2 exactly; clamping the rounding error keeps a tiny sigma from
+    # turning -1e-17 / sigma^2 into exp(+huge) = inf (the centre's factor is 1, others -> 0).
+    exponent = ((coord**2 - centre**2) / (2 * spread**2)).clamp(min=0)
+    factor = torch.exp(-(exponent[..., 0] + exponent[..., 1]))
+    return torch.where(layout.placed, factor, 1.0)
 
 
 @dataclass(frozen=True, repr=False)
