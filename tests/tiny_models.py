@@ -68,6 +68,7 @@ __all__ = [
     "VISION_START_ID",
     "VOCAB_SIZE",
     "TinyBatch",
+    "llava_singles",
     "make_batch",
     "num_image_tiles",
     "num_image_tokens",
@@ -375,6 +376,19 @@ class TinyBatch:
         own arguments: for InternVL, ``image_sizes`` (flat list of (height, width) of
         every image in batch order) and the processor's ``min_patches`` / ``max_patches``."""
         return {**self.inputs, **self.extra}
+
+
+def llava_singles(inputs: dict[str, Tensor], image_sizes: Sequence[Sequence[tuple]]) -> list[dict[str, Tensor]]:
+    """Each row of a padded LLaVA batch (either padding side) alone, unpadded: its real
+    tokens and the ``pixel_values`` rows of its images (one per entry of ``image_sizes[b]``)."""
+    mask = inputs["attention_mask"].bool()
+    singles, first = [], 0
+    for b, images in enumerate(image_sizes):
+        row = inputs["input_ids"][b][mask[b]][None]
+        pixels = inputs["pixel_values"][first : first + len(images)]
+        singles.append({"input_ids": row, "attention_mask": torch.ones_like(row), "pixel_values": pixels})
+        first += len(images)
+    return singles
 
 
 def make_batch(

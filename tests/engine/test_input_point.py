@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILIES
+from tiny_models import FAMILIES, llava_singles
 
 import tokenprune
 
@@ -148,17 +148,8 @@ def test_keep_one_is_bitwise_with_eager_attention(llava_eager, batches):
 def test_batch_equals_single_runs(models, batches, positions):
     model, batch = models["llava"], batches["llava"]
     inputs = batch.inputs
-    mask = inputs["attention_mask"].bool()
     with tokenprune.prune(model, hidden_norm_pruner(0.25), layer="input", positions=positions):
         together = greedy(model, inputs).sequences
-        first = 0
-        for b, images in enumerate(batch.image_sizes):
-            row = inputs["input_ids"][b][mask[b]][None]
-            alone = {
-                "input_ids": row,
-                "attention_mask": torch.ones_like(row),
-                "pixel_values": inputs["pixel_values"][first : first + len(images)],
-            }
-            first += len(images)
+        for b, alone in enumerate(llava_singles(inputs, batch.image_sizes)):
             tokens = greedy(model, alone).sequences[0]
             assert torch.equal(together[b][-tokens.numel():], tokens)

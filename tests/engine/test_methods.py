@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILIES
+from tiny_models import FAMILIES, llava_singles
 
 import tokenprune
 from tokenprune import CueError
@@ -55,15 +55,7 @@ def test_batch_equals_single_runs_at_the_input(models, batches, spec):
     with tokenprune.prune(model, spec, keep=KEEP, layer="input") as run, torch.no_grad():
         together = model(**inputs).logits[:, -1]
         kept = run.samples
-        first = 0
-        for b, images in enumerate(batch.image_sizes):
-            row = inputs["input_ids"][b][mask[b]][None]
-            alone = {
-                "input_ids": row,
-                "attention_mask": torch.ones_like(row),
-                "pixel_values": inputs["pixel_values"][first : first + len(images)],
-            }
-            first += len(images)
+        for b, alone in enumerate(llava_singles(inputs, batch.image_sizes)):
             single = model(**alone).logits[0, -1]
             assert torch.equal(run.samples[0].kept_seq_index + int((~mask[b]).sum()), kept[b].kept_seq_index)
             torch.testing.assert_close(together[b], single, atol=1e-5, rtol=0)

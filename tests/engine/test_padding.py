@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import llava_singles
 
 import tokenprune
 
@@ -45,15 +46,7 @@ def test_each_row_equals_its_single_run(llava, batches, pad):
         logits = llava(**inputs).logits
         together = run.samples
         kept = run.kept
-        first = 0
-        for b, images in enumerate(batch.image_sizes):
-            row = inputs["input_ids"][b][mask[b]][None]
-            alone = {
-                "input_ids": row,
-                "attention_mask": torch.ones_like(row),
-                "pixel_values": inputs["pixel_values"][first : first + len(images)],
-            }
-            first += len(images)
+        for b, alone in enumerate(llava_singles(inputs, batch.image_sizes)):
             single_logits = llava(**alone).logits[0]
             (single,) = run.samples
             offset = int((~mask[b]).sum()) if pad == "left" else 0
