@@ -28,6 +28,7 @@ from torch import Tensor
 from tokenprune import scenes
 
 __all__ = [
+    "CHAT_TEMPLATE",
     "HELD_OUT_QUESTIONS",
     "HELD_OUT_SEED",
     "MODEL_DIR",
@@ -44,6 +45,17 @@ MODEL_DIR = Path(__file__).resolve().parent / "models" / "shapes-llava"
 #: draws its scenes from other seeds.
 HELD_OUT_SEED, HELD_OUT_QUESTIONS = 1_000_003, 1200
 SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+#: The prompt of `prompt` as a chat template, for tools that build prompts from chat
+#: messages (lmms-eval): the user's text, then one ``<image>`` per image (a string content's
+#: ``<image>`` moves behind its text), then ``ASSISTANT:``.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] | replace('<image>', '') | trim }}"
+    "{% for _ in range(message['content'].count('<image>')) %} <image>{% endfor %}"
+    "{% else %}{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] | trim }} {% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'image' %}<image> {% endfor %}{% endif %} "
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 
 
 def prompt(question: str) -> str:
@@ -70,6 +82,7 @@ def build_processor() -> Any:
         pad_token="<pad>",
         padding_side="left",
         extra_special_tokens={"image_token": "<image>"},
+        chat_template=CHAT_TEMPLATE,
     )
     images = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     return LlavaProcessor(
@@ -78,6 +91,7 @@ def build_processor() -> Any:
         patch_size=14,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
     )
 
 
