@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
         help="also split fastv's and adaptprune's keep 0.1 prefill into cue assembly, pruner and rest",
     )
     parser.add_argument(
+        "--keeps", default="0.5,0.25,0.1", help="pruned keep fractions, comma-separated (0.1 is needed)"
+    )
+    parser.add_argument(
         "--points", action="store_true", help='layer="input" vs layer=2 (LLaVA, keep 0.1)'
     )
     args = parser.parse_args(argv)
@@ -498,7 +501,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     kinds = ["llava"] if args.quick else ["llava", "llava_next"]
     configs = [Config("unpruned", None), Config("fastv", 1.0)]
-    configs += [Config(m, k) for k in (0.5, 0.25, 0.1) for m in ("fastv", "adaptprune")]
+    keeps = [float(k) for k in args.keeps.split(",")]
+    configs += [Config(m, k) for k in keeps for m in ("fastv", "adaptprune")]
 
     print(
         f"text model: {size.layers} layers, hidden {size.hidden}, {size.heads} heads, "

@@ -279,24 +279,26 @@ def engine_call(cfg: Config, device: str) -> Callable[[], object]:
     return run
 
 
-def time_worker(cfg: Config, device: str, repeats: int, budget_s: float) -> dict:
+def time_worker(cfg: Config, device: str, repeats: int, budget_s: float, loop: bool = True) -> dict:
     """Warm up, check the selections agree, then time interleaved rounds.
 
     The loop handles one sample after another. Where B of them would take over half the
     budget, it is timed on the first sample and its time multiplied by B (reported as
-    such); the selections are compared on that sample."""
-    loop_samples = cfg.b
+    such); the selections are compared on that sample. ``loop=False`` leaves the loop
+    out (``--loop-max-n``: it takes minutes per sample at N = 10,000)."""
+    names = METHODS if loop else METHODS[1:]
+    loop_samples = cfg.b if loop else 0
     probe = None
-    if cfg.b > 1:
+    if cfg.b > 1 and loop:
         probe = timed(methods(cfg, device, loop_samples=1)["loop"], device)
         if probe[0] * cfg.b > budget_s / 2:
             loop_samples = 1
-    fns = methods(cfg, device, loop_samples=loop_samples)
-    scale = {"loop": cfg.b / loop_samples, "eager": 1.0, "compiled": 1.0}
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    fns = methods(cfg, device, loop_samples=loop_samples or 1)
+    scale = {"loop": cfg.b / max(loop_samples, 1), "eager": 1.0, "compiled": 1.0}
+    times: dict[str, list[float]] = {m: [] for m in names}
     first: dict[str, float] = {}
     kept: dict[str, torch.Tensor] = {}
-    for m in METHODS:
+    for m in names:
         if m == "loop" and loop_samples == 1 and probe is not None:
             first[m], kept[m] = probe
         else:
@@ -307,28 +309,26 @@ def time_worker(cfg: Config, device: str, repeats: int, budget_s: float) -> dict
             for _ in range(2):  # B = 1 then dynamic-shape recompiles settle here
                 timed(fns[m], device)
     for _ in range(repeats):
-        for m in METHODS:
+        for m in names:
             if len(times[m]) < repeats and sum(times[m]) <= budget_s:
                 times[m].append(timed(fns[m], device)[0])
     outside = outside_graph_s(fns["compiled"], device)
     engine = engine_call(cfg, device)
     engine()
     outside_engine = outside_graph_s(engine, device)
-    kept["loop_rows_eager"] = kept["eager"][:loop_samples]
-    kept["loop_rows_compiled"] = kept["compiled"][:loop_samples]
+    differ = {"compiled_vs_eager": same_indices(kept["compiled"], kept["eager"])}
+    if loop:
+        differ["eager_vs_loop"] = same_indices(kept["eager"][:loop_samples], kept["loop"])
+        differ["compiled_vs_loop"] = same_indices(kept["compiled"][:loop_samples], kept["loop"])
     return {
         "config": asdict(cfg),
-        "median_s": {m: statistics.median(times[m]) * scale[m] for m in METHODS},
-        "repeats": {m: len(times[m]) for m in METHODS},
+        "median_s": {m: statistics.median(times[m]) * scale[m] for m in names},
+        "repeats": {m: len(times[m]) for m in names},
         "loop_samples": loop_samples,
         "first_s": first,
         "outside_graph_s": outside,
         "outside_graph_engine_s": outside_engine,
-        "differ": {
-            "compiled_vs_eager": same_indices(kept["compiled"], kept["eager"]),
-            "eager_vs_loop": same_indices(kept["loop_rows_eager"], kept["loop"]),
-            "compiled_vs_loop": same_indices(kept["loop_rows_compiled"], kept["loop"]),
-        },
+        "differ": differ,
     }
 
 
@@ -336,12 +336,12 @@ def time_worker(cfg: Config, device: str, repeats: int, budget_s: float) -> dict
 LOOP_MEMORY_STEPS = 20
 
 
-def memory_worker(cfg: Config, device: str) -> dict:
+def memory_worker(cfg: Config, device: str, loop: bool = True) -> dict:
     """Peak extra bytes of one warm call of each method (the loop: one sample,
     ``LOOP_MEMORY_STEPS`` steps, as it holds one sample's temporaries at a time)."""
     fns = methods(cfg, device, loop_samples=1, loop_steps=min(cfg.k, LOOP_MEMORY_STEPS))
-    peaks = {}
-    for m in METHODS:
+    peaks: dict[str, int | None] = {"loop": None}
+    for m in METHODS if loop else METHODS[1:]:
         for _ in range({"loop": 0, "eager": 1, "compiled": 3}[m]):
             fns[m]()
         peaks[m] = peak_extra_bytes(fns[m], device)
@@ -420,6 +420,7 @@ def _worker(flags: list[str], args: argparse.Namespace, env: dict[str, str]) -> 
         str(args.repeats),
         "--budget",
         str(args.budget),
+        *(["--loop-max-n", str(args.loop_max_n)] if args.loop_max_n is not None else []),
     ]
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -444,10 +445,14 @@ def _outside(res: dict) -> str:
     return public if engine is None else f"{public} / {engine * 1e3:.2f}"
 
 
+def _ratio(med: dict, over: str) -> str:
+    return f"{med['loop'] / med[over]:.1f}x" if "loop" in med else "loop not run"
+
+
 def _same(res: dict) -> str:
     diff, b = res["differ"], res["config"]["b"]
     if not any(diff.values()):
-        return "yes (all 3)"
+        return "yes (all 3)" if len(diff) == 3 else "yes (eager, compiled)"
     return "NO: samples differing " + ", ".join(f"{k} {v}/{b}" for k, v in diff.items())
 
 
@@ -464,7 +469,7 @@ def table(results: list[dict]) -> list[str]:
     for res in results:
         c, med = res["config"], res["median_s"]
         lines.append(
-            f"{_shape(c)} {_ms(med['compiled'] / c['b'])} | {med['loop'] / med['compiled']:.1f}x | "
+            f"{_shape(c)} {_ms(med['compiled'] / c['b'])} | {_ratio(med, 'compiled')} | "
             f"{_outside(res)} | {_same(res)} |"
         )
     return lines
@@ -480,12 +485,13 @@ def detail_table(results: list[dict]) -> list[str]:
     for res in results:
         c, med = res["config"], res["median_s"]
         loop_mark = "" if res["loop_samples"] == c["b"] else " *"
+        loop = "loop" in med
         lines.append(
             f"{_shape(c)} "
-            + " | ".join(_ms(med[m]) + (loop_mark if m == "loop" else "") for m in METHODS)
-            + f" | {_ms(med['loop'] / c['b'])} | {_ms(med['eager'] / c['b'])} | "
-            f"{med['loop'] / med['eager']:.1f}x | {res['first_s']['compiled'] - med['compiled']:.1f} | "
-            + "/".join(str(res["repeats"][m]) for m in METHODS)
+            + " | ".join((_ms(med[m]) + (loop_mark if m == "loop" else "")) if m in med else "-" for m in METHODS)
+            + f" | {_ms(med['loop'] / c['b']) if loop else '-'} | {_ms(med['eager'] / c['b'])} | "
+            f"{_ratio(med, 'eager')} | {res['first_s']['compiled'] - med['compiled']:.1f} | "
+            + "/".join(str(res["repeats"].get(m, 0)) for m in METHODS)
             + " | "
             + " / ".join(_mib(res["peak_bytes"][m]) for m in METHODS)
             + " |"
@@ -524,7 +530,7 @@ def targets(results: list[dict], check: dict | None = None) -> list[str]:
     out = []
     for d, need in ((4096, 100.0), (128, 10.0)):
         res = find(576, d, 1)
-        if res is not None:
+        if res is not None and "loop" in res["median_s"]:
             ratio = res["median_s"]["loop"] / res["median_s"]["compiled"]
             out.append(
                 f"- {_verdict(ratio >= need)}: compiled at least {need:g}x faster than the loop at "
@@ -576,7 +582,9 @@ def report(results: list[dict], check: dict | None, args: argparse.Namespace, wa
         where = torch.cuda.get_device_name()
     else:
         where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
-    flags = " --quick" if args.quick else ""
+    flags = (" --quick" if args.quick else "") + (f" --sizes {args.sizes}" if getattr(args, "sizes", None) else "")
+    if getattr(args, "loop_max_n", None) is not None:
+        flags += f" --loop-max-n {args.loop_max_n}"
     lines = [
         "# tokenprune `adaptprune` selector vs the authors' per-step loop",
         "",
@@ -623,6 +631,10 @@ def report(results: list[dict], check: dict | None, args: argparse.Namespace, wa
     return "\n".join(lines)
 
 
+def _with_loop(cfg: Config, args: argparse.Namespace) -> bool:
+    return args.loop_max_n is None or cfg.n <= args.loop_max_n
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 576 at B = 1 only, 3 repeats, no compile check")
@@ -638,6 +650,10 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds of timed calls per method and config (default 30; quick 5)",
     )
     parser.add_argument("--no-compile-check", action="store_true", help="skip the first-call compile times")
+    parser.add_argument("--sizes", default=None, help="only these N, comma-separated (e.g. 576,10000)")
+    parser.add_argument(
+        "--loop-max-n", type=int, default=None, help="leave the authors' loop out above this N (minutes per sample)"
+    )
     parser.add_argument("--compile-check-only", action="store_true", help="only the first-call compile times")
     parser.add_argument("--time-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
@@ -649,10 +665,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--device cuda: no CUDA device")
     if args.time_worker is not None:
         cfg = Config(**json.loads(args.time_worker))
-        print(json.dumps(time_worker(cfg, args.device, args.repeats, args.budget)))
+        print(json.dumps(time_worker(cfg, args.device, args.repeats, args.budget, _with_loop(cfg, args))))
         return
     if args.memory_worker is not None:
-        print(json.dumps(memory_worker(Config(**json.loads(args.memory_worker)), args.device)))
+        cfg = Config(**json.loads(args.memory_worker))
+        print(json.dumps(memory_worker(cfg, args.device, _with_loop(cfg, args))))
         return
     if args.compile_worker is not None:
         print(json.dumps(compile_worker(args.device, warm=args.compile_worker == "warm")))
@@ -666,7 +683,10 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(text)
         return
     results = []
+    sizes = None if args.sizes is None else {int(n) for n in args.sizes.split(",")}
     for cfg in configs(args.quick):
+        if sizes is not None and cfg.n not in sizes:
+            continue
         print(f"... N={cfg.n} D={cfg.d} K={cfg.k} B={cfg.b} {cfg.dtype}", file=sys.stderr, flush=True)
         results.append({**run_worker(cfg, "time", args), **run_worker(cfg, "memory", args)})
     check = None

@@ -1,6 +1,7 @@
 """torch.compile for the selectors' inner steps, with an eager fallback.
 
-Compilation is on by default. Turn it off with ``tokenprune.set_compile(False)`` or the
+The same switch covers soft_nms's C kernel for CPU tensors
+(`tokenprune.strategies.soft_nms_cpu`). Compilation is on by default. Turn it off with ``tokenprune.set_compile(False)`` or the
 environment variable ``TOKENPRUNE_COMPILE=0``. If compiling fails (no C compiler, an
 unsupported device), tokenprune warns once and runs the same function eagerly on that
 device type from then on; an error that the eager function raises as well (bad input, a
@@ -33,7 +34,8 @@ def compile_enabled() -> bool:
 
 
 def set_compile(enabled: bool) -> None:
-    """Switch torch.compile for selectors on or off for this process."""
+    """Switch compiled selectors (torch.compile, and soft_nms's C kernel on CPU) on or off
+    for this process."""
     global _enabled
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled: expected a bool, got {enabled!r}")
