@@ -388,7 +388,7 @@ class PruneRun:
         else:
             mask2d = torch.cat([step.pruned.masks[point], step.new_columns], dim=1)
             position_ids = kwargs.get("position_ids")
-            mask = create_causal_mask(
+            mask = _causal_mask(
                 config=self.adapter.text.config,
                 inputs_embeds=hidden,
                 attention_mask=mask2d,
@@ -657,7 +657,7 @@ class PruneRun:
         rotary = current.get("position_embeddings")
         if rotary is not None:
             substitute["position_embeddings"] = tuple(plan.gather(t, dim=-2) for t in rotary)
-        substitute["attention_mask"] = create_causal_mask(
+        substitute["attention_mask"] = _causal_mask(
             config=adapter.text.config,
             inputs_embeds=short_hidden,
             attention_mask=plan.mask,
@@ -764,6 +764,15 @@ def _check_prunable(inputs: dict[str, Any], cache: Any) -> None:
 
 def _cache_of(kwargs: dict) -> Any:
     return kwargs.get("cache", kwargs.get("past_key_values"))
+
+
+#: create_causal_mask's name for the cache: ``past_key_values`` before transformers renamed
+#: it to ``cache`` (5.17 has the old name); the engine works with both.
+_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def _causal_mask(*, cache: Any, **kwargs: Any) -> Any:
+    return create_causal_mask(**kwargs, **{_MASK_CACHE_ARG: cache})
 
 
 def _slots_of_candidates(visual: Tensor, n: int | None = None) -> Tensor:
