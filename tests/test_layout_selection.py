@@ -86,6 +86,7 @@ def test_tokens_without_any_region_are_a_valid_layout_every_recipe_handles():
         generator=g,
         extra={
             "cls_attention": torch.rand(2, 5, generator=g),
+            "rater_attention": torch.rand(2, 5, generator=g),
             "text_embeddings": torch.randn(2, 3, 4, generator=g),
             "text_mask": torch.ones(2, 3, dtype=torch.bool),
         },

@@ -1,4 +1,4 @@
-"""PyramidDrop's schedule: points, keeps and argument checks."""
+"""PyramidDrop's and SparseVLM's schedules: points, keeps and argument checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 import tokenprune
 from tokenprune import SpecError
-from tokenprune.schedules import pyramid
+from tokenprune.schedules import pyramid, sparsevlm
 
 
 def test_the_paper_setting_for_llava_1_5():
@@ -32,3 +32,15 @@ def test_other_splits():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(SpecError, match=match):
         pyramid(**kwargs)
+
+
+def test_sparsevlm_is_the_authors_llava_setting():
+    assert sparsevlm() == {2: ("sparsevlm", 300), 6: ("sparsevlm", 200), 15: ("sparsevlm", 110)}
+    assert sparsevlm(64, pruner="fastv") == {2: ("fastv", 66), 6: ("fastv", 30), 15: ("fastv", 17)}
+    assert tokenprune.pruner("sparsevlm", keep=0.5).spec == "rater_attention | top_k"
+
+
+@pytest.mark.parametrize("budget", [100, 192.0, True, "192"])
+def test_sparsevlm_budgets_are_the_papers(budget):
+    with pytest.raises(SpecError, match=r"budget: expected one of \[64, 96, 128, 192\], got "):
+        sparsevlm(budget)

@@ -156,3 +156,62 @@ def test_text_embeddings_are_the_prompts_text_tokens(llava, batches):
         assert mask[b].sum() == expected.shape[0]
         assert torch.equal(got[b][mask[b]], expected)
         assert (got[b][~mask[b]] == 0).all()
+
+
+def reference_raters(embeds, visual, text):
+    """SparseVLM section 3.2, one sample, written out: the text tokens after the image are
+    rated by the softmax (over text tokens) of each visual token's dot products with them,
+    averaged over the visual tokens; raters rate above the mean."""
+    first_visual = int(visual.nonzero()[0])
+    after = [i for i in range(len(text)) if text[i] and i > first_visual]
+    rows = []
+    for v in visual.nonzero().flatten().tolist():
+        dots = torch.stack([embeds[v].double() @ embeds[t].double() for t in after])
+        rows.append(torch.softmax(dots, dim=0))
+    relevance = torch.stack(rows).mean(dim=0)
+    raters = [t for t, r in zip(after, relevance) if r > relevance.mean()]
+    return raters or after  # all rate alike (e.g. one text token): every one is a rater
+
+
+@pytest.mark.parametrize("layer", [1, 3])
+def test_rater_attention_is_the_raters_mean_eager_attention(llava, llava_eager, layer):
+    from tiny_models import make_batch
+
+    from .reference import language_model_inputs
+
+    # longer text runs than the shared batches, so that raters are a strict subset
+    inputs = make_batch(llava, [[(336, 336)], [(336, 336), (336, 336)]], text_len=12, seed=4).inputs
+    record, pruner = recording_pruner({"rater_attention"})
+    with tokenprune.prune(llava, pruner, layer=layer), torch.no_grad():
+        llava(**inputs)
+    cue = record.cues.require("rater_attention", "test")
+    with torch.no_grad():
+        weights = llava_eager(**inputs, output_attentions=True).attentions[layer - 1]  # (B, H, L, L)
+    embeds = language_model_inputs(llava, inputs)["inputs_embeds"]
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    visual = (ids == llava.config.image_token_id) & mask
+    subsets = 0
+    for b, where in enumerate(visual_positions(llava, ids)):
+        raters = reference_raters(embeds[b], visual[b], mask[b] & ~visual[b])
+        subsets += len(raters) < int((mask[b] & ~visual[b] & (torch.arange(ids.shape[1]) > where[0])).sum())
+        expected = weights[b][:, raters].mean(dim=(0, 1))[where]
+        torch.testing.assert_close(cue[b, : where.numel()], expected, atol=1e-6, rtol=0)
+    assert subsets > 0, "no sample had a strict subset of raters: the test would not see the choice"
+
+
+def test_rater_attention_at_a_second_stage_uses_the_same_raters(llava, batches):
+    """Text tokens survive every stage: a second stage averages the same raters' attention,
+    over the first stage's survivors."""
+    inputs = batches["llava"].inputs
+    record, pruner = recording_pruner({"rater_attention"}, keep=0.25)
+    first = tokenprune.pruner("sparsevlm", keep=0.5)
+    with tokenprune.prune(llava, layer={1: first, 3: pruner}) as run, torch.no_grad():
+        llava(**inputs)
+    cue = record.cues.require("rater_attention", "test")
+    valid = record.cues.layout.valid
+    survivors = run.records[0].samples
+    for b in range(ids_rows := inputs["input_ids"].shape[0]):
+        assert valid[b].sum() == survivors[b].kept_seq_index.numel()
+        assert torch.isfinite(cue[b]).all() and (cue[b][valid[b]] > 0).all()
+        assert (cue[b][~valid[b]] == 0).all()
+    assert ids_rows == 2

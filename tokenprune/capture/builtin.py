@@ -13,7 +13,16 @@ from tokenprune.capture.vision import ClsAttention, TextEmbeddings
 from tokenprune.errors import CueError
 from tokenprune.hookspecs import hookimpl
 
-__all__ = ["Attention", "ClsAttention", "FitPruneAttention", "Hidden", "Keys", "TextEmbeddings"]
+__all__ = [
+    "Attention",
+    "ClsAttention",
+    "FitPruneAttention",
+    "Hidden",
+    "Keys",
+    "RaterAttention",
+    "TextEmbeddings",
+    "text_raters",
+]
 
 
 class Attention(CueSource):
@@ -59,6 +68,90 @@ class FitPruneAttention(CueSource):
         }
 
 
+def text_raters(embeds: Tensor, visual: Tensor, real: Tensor) -> Tensor:
+    """SparseVLM's text raters (Zhang et al., 2025, section 3.2, as the authors' code
+    computes them from the language model's input embeddings).
+
+    For each sample, the text tokens after its first visual token are scored by their
+    relevance to the visual tokens: ``m = softmax_t(V T^T)`` (each visual token's softmax
+    over those text tokens of the raw embedding dot products), averaged over the visual
+    tokens. The raters are the text tokens with ``m`` above its mean; when none is (all
+    equal), every one of them (the authors' code would average an empty set).
+
+    Args:
+        embeds: ``(B, L, H)`` the language model's input embeddings.
+        visual: ``(B, L)`` bool, the visual tokens.
+        real: ``(B, L)`` bool, False for padding.
+
+    Returns:
+        ``(B, L)`` bool, the raters; all False for a sample without a visual token or
+        without text after it.
+    """
+    raters = torch.zeros_like(visual)
+    positions = torch.arange(visual.shape[1], device=visual.device)
+    for b in range(visual.shape[0]):
+        seen = visual[b] & real[b]
+        if not bool(seen.any()):
+            continue
+        after = real[b] & ~visual[b] & (positions > positions[seen][0])
+        if not bool(after.any()):
+            continue
+        relevance = (embeds[b, seen].float() @ embeds[b, after].float().T).softmax(dim=-1).mean(dim=0)
+        chosen = relevance > relevance.mean()
+        raters[b, after] = chosen if bool(chosen.any()) else torch.ones_like(chosen)
+    return raters
+
+
+class RaterAttention(CueSource):
+    """SparseVLM's cue: the mean attention of the sample's text raters (`text_raters`,
+    chosen once from the input embeddings) to every candidate, in the decoder layer
+    before the point, post-softmax, mean over heads and raters."""
+
+    names = ("rater_attention",)
+    description = "SparseVLM: mean attention of the relevant text tokens (raters) to each candidate (B, N)"
+    uses_attention = True
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+        self._embeds: Tensor | None = None
+
+    def open(self, adapter: Any) -> None:
+        def record(module: Any, args: tuple, kwargs: dict) -> None:
+            embeds = kwargs.get("inputs_embeds")
+            if embeds is not None:
+                self._embeds = embeds.detach()
+
+        self._handle = adapter.text.model.register_forward_pre_hook(record, with_kwargs=True)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._embeds = None
+
+    def on_attention(self, capture: Capture, query: Tensor, key: Tensor, scaling: float) -> None:
+        input_ids = capture.inputs["input_ids"]
+        embeds = self._embeds
+        if embeds is None or embeds.shape[:2] != input_ids.shape:
+            raise CueError(
+                "rater_attention: expected the language model's inputs_embeds of this prompt, "
+                "got none (the language model was not called with inputs_embeds)"
+            )
+        mask = capture.inputs.get("attention_mask")
+        real = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
+        raters = text_raters(embeds, capture.adapter.visual_mask(input_ids), real)  # (B, L0)
+        # Text tokens are never pruned: map the raters onto this point's slots.
+        at_slots = raters.gather(1, capture.seq_index.clamp(min=0)) & (capture.seq_index >= 0)
+        weights = at_slots.float()
+        weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1)
+        capture.store["rater_attention"] = mean_query_attention(
+            query, key, capture.token_mask, weights[None], scaling
+        )[0]
+
+    def capture(self, capture: Capture) -> dict[str, Tensor]:
+        return {"rater_attention": capture.per_candidate(capture.store["rater_attention"])}
+
+
 class Hidden(CueSource):
     """The hidden states of the candidates at the point: the projected visual
     embeddings at ``"input"``, the input of the decoder layer ``point`` otherwise."""
@@ -94,4 +187,4 @@ class Keys(CueSource):
 
 @hookimpl
 def tokenprune_cues() -> list[type[CueSource]]:
-    return [Attention, FitPruneAttention, Hidden, Keys, ClsAttention, TextEmbeddings]
+    return [Attention, FitPruneAttention, RaterAttention, Hidden, Keys, ClsAttention, TextEmbeddings]

@@ -61,7 +61,7 @@ RECIPES = [
         "attention | top_k",
         "PyramidDrop's ranking at each stage of tokenprune.schedules.pyramid(num_layers)",
     ),
-    Recipe("sparsevlm", "text_attention | top_k", "SparseVLM-style text guidance: top-k attention of the text tokens"),
+    Recipe("sparsevlm", "rater_attention | top_k", "SparseVLM: top-k attention of the text raters (relevant text tokens)"),
 ]
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "LastScore",
     "NormScore",
     "RandomScore",
+    "RaterAttentionScore",
     "TextAttentionScore",
     "UniformScore",
 ]
@@ -93,10 +94,12 @@ class UniformScore(Score):
 
 @dataclass(frozen=True, repr=False)
 class TextAttentionScore(Score):
-    """SparseVLM-style text guidance: attention of the text tokens to each candidate.
+    """Text guidance: attention of every text token of the prompt to each candidate.
 
     The ``text_attention`` cue: post-softmax attention at the layer before pruning, mean
-    over heads and over the prompt's text tokens (not only the last one, as ``attention``).
+    over heads and over the prompt's text tokens (not only the last one, as ``attention``;
+    FitPrune's cross-attention half). SparseVLM averages over chosen text tokens only:
+    ``rater_attention``.
     """
 
     name = "text_attention"
@@ -104,3 +107,19 @@ class TextAttentionScore(Score):
 
     def __call__(self, cues: Cues) -> Tensor:
         return cues.require("text_attention", self.name)
+
+
+@dataclass(frozen=True, repr=False)
+class RaterAttentionScore(Score):
+    """SparseVLM's text guidance: attention of the text raters to each candidate.
+
+    The ``rater_attention`` cue: post-softmax attention at the layer before pruning, mean
+    over heads and over the raters, the text tokens after the image whose relevance to the
+    visual input embeddings is above the mean (`tokenprune.capture.builtin.text_raters`).
+    """
+
+    name = "rater_attention"
+    requires = frozenset({"rater_attention"})
+
+    def __call__(self, cues: Cues) -> Tensor:
+        return cues.require("rater_attention", self.name)
