@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s browser``,
-``nox -s bench``."""
+``nox -s bench``, ``nox -s eval``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,16 @@ nox.options.reuse_existing_virtualenvs = True
 # depends on torch, or pip resolves a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
 DOCS_TOOLS = ("mkdocs>=1.6", "mkdocs-material>=9", "mkdocstrings[python]>=0.25")
+# lmms-eval without its declared dependencies (they pull torchvision, whose PyPI build does
+# not load beside the CPU torch above), plus what `lmms-eval --model tokenprune` with a
+# Hugging Face LLaVA / InternVL base imports (found by running it).
+LMMS_EVAL = "lmms-eval==0.7.3"
+LMMS_EVAL_RUNTIME = (
+    "accelerate", "datasets", "evaluate", "sacrebleu", "loguru", "pyyaml", "pytz", "tenacity",
+    "pytablewriter", "decord",
+    # lmms-eval 0.7.3 patches filelock._api, which filelock 4 removed
+    "filelock<4",
+)
 
 
 def _install(session: nox.Session, extras: str) -> None:
@@ -72,3 +82,18 @@ def bench(session: nox.Session) -> None:
     _install(session, "test")
     session.run("python", "benchmarks/selector_speed.py", *session.posargs)
     session.run("python", "benchmarks/prefill.py", *session.posargs)
+
+
+@nox.session(python="3.11", name="eval")
+def lmms_eval(session: nox.Session) -> None:
+    """The real lmms-eval CLI with ``--model tokenprune`` on the shapes model
+    (tests/lmms/test_lmms_eval.py, ``pytest -m lmms_eval``); not part of CI.
+
+    lmms-eval is installed with ``--no-deps`` and the packages in `LMMS_EVAL_RUNTIME`, so
+    that torchvision stays out (docs/evaluate.md, "Evaluate with lmms-eval").
+    """
+    session.install(TORCH)
+    session.install("--no-deps", LMMS_EVAL)
+    session.install("-e", ".[hf]", "safetensors>=0.4", "pytest>=8", "hypothesis>=6.100", *LMMS_EVAL_RUNTIME)
+    session.env["HYPOTHESIS_PROFILE"] = "ci"
+    session.run("python", "-m", "pytest", "-q", "-s", "-m", "lmms_eval", "tests/lmms", *session.posargs)

@@ -24,10 +24,8 @@ generate time of the pruned batches.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +131,7 @@ class _TokenPrune(lmms):
             samples.extend(self._run_batch([calls[-1]]))
             return samples[-1].output
 
-        with self._generate_patched(live):
-            out = self._base.generate_until_multi_round(requests)
+        out = self._call_base(self._base.generate_until_multi_round, requests, live)
         del gen_metrics._THROUGHPUT_METRICS_HISTORY[history:]
         self._log_metrics(calls, samples)
         return out
@@ -155,8 +152,7 @@ class _TokenPrune(lmms):
             ids = kwargs["input_ids"]
             return torch.cat([ids, ids[:, -1:]], dim=1)
 
-        with self._generate_patched(record), self._quiet():
-            self._base.generate_until([_fresh(request)])
+        self._call_base(self._base.generate_until, [_fresh(request)], record, quiet=True)
         if len(recorded) != 1:
             raise TokenpruneError(f"base generate calls: expected 1 per request, got {len(recorded)}")
         return recorded[0]
@@ -167,8 +163,7 @@ class _TokenPrune(lmms):
                 raise TokenpruneError("replay: expected the recorded prompt again, got another one")
             return sample.output
 
-        with self._generate_patched(replay), self._quiet():
-            (out,) = self._base.generate_until([_fresh(request)])
+        (out,) = self._call_base(self._base.generate_until, [_fresh(request)], replay, quiet=True)
         return unwrap_generation_output(out)[0]
 
     def _generate(self, calls: list[batching.Call]) -> list[_Sample]:
@@ -200,24 +195,35 @@ class _TokenPrune(lmms):
         ]
 
     # ------------------------------------------------------------------ helpers
-    @contextlib.contextmanager
-    def _generate_patched(self, function: Any) -> Iterator[None]:
+    def _call_base(self, method: Any, requests: list[Instance], generate: Any, quiet: bool = False) -> Any:
+        """``method(requests)`` of the base while its model's ``generate`` is ``generate``.
+
+        Some base classes catch any error of ``generate`` and answer "" instead: an error
+        raised there is raised again here once the base returns.
+        """
         model = self._base.model
-        model.generate = function  # shadows the class method for the base's calls
+        errors: list[Exception] = []
+
+        def guarded(**kwargs: Any) -> Any:
+            try:
+                return generate(**kwargs)
+            except Exception as error:
+                errors.append(error)
+                raise
+
+        rank = self._base._rank
+        model.generate = guarded  # shadows the class method for the base's calls
+        if quiet:
+            # the base's per-request progress bar shows on rank 0 only; one bar is shown here
+            self._base._rank = -1
         try:
-            yield
+            out = method(requests)
         finally:
             del model.generate
-
-    @contextlib.contextmanager
-    def _quiet(self) -> Iterator[None]:
-        # the base's per-request progress bar shows on rank 0 only; the passes here show one
-        rank = self._base._rank
-        self._base._rank = -1
-        try:
-            yield
-        finally:
             self._base._rank = rank
+        if errors:
+            raise errors[0]
+        return out
 
     def _log_metrics(self, calls: list[batching.Call], samples: list[_Sample]) -> None:
         if not samples:
