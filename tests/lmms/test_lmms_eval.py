@@ -54,7 +54,7 @@ def _benchmark() -> tuple[float, list[str]]:
     return accuracy, answers
 
 
-def _lmms_eval(tmp_path: Path) -> tuple[dict, list[dict]]:
+def _lmms_eval(tmp_path: Path, mode: str) -> tuple[dict, list[dict]]:
     task = shapes_pope.write(tmp_path / "task", QUESTIONS).parent
     out = tmp_path / "out"
     model_args = (
@@ -65,6 +65,7 @@ def _lmms_eval(tmp_path: Path) -> tuple[dict, list[dict]]:
         sys.executable, "-m", "lmms_eval", "--model", "tokenprune", "--model_args", model_args,
         "--include_path", str(task), "--tasks", shapes_pope.TASK, "--batch_size", str(BATCH),
         "--device", "cpu", "--output_path", str(out), "--log_samples",
+        *(["--force_simple"] if mode == "simple" else []),
     ]
     env = {
         **os.environ,
@@ -84,14 +85,22 @@ def _lmms_eval(tmp_path: Path) -> tuple[dict, list[dict]]:
     return json.loads(results[-1].read_text()), [json.loads(line) for line in samples[-1].read_text().splitlines()]
 
 
-def test_lmms_eval_scores_what_the_accuracy_benchmark_measures(tmp_path):
+@pytest.fixture(scope="module")
+def benchmark() -> tuple[float, list[str]]:
     if not (CHECKPOINT / "config.json").is_file():
         pytest.fail(f"checkpoint: expected a shapes model folder, got {str(CHECKPOINT)!r} (set TOKENPRUNE_EVAL_CHECKPOINT)")
-    results, samples = _lmms_eval(tmp_path)
     torch.set_num_threads(1)
-    expected, answers = _benchmark()
+    return _benchmark()
+
+
+# chat: lmms-eval's default (chat messages, the processor's chat template); simple:
+# --force_simple (a text prompt, the tokenizer's chat template)
+@pytest.mark.parametrize("mode", ["chat", "simple"])
+def test_lmms_eval_scores_what_the_accuracy_benchmark_measures(tmp_path, benchmark, mode):
+    results, samples = _lmms_eval(tmp_path, mode)
+    expected, answers = benchmark
     score = results["results"][shapes_pope.TASK]["accuracy,none"]
-    print(f"lmms-eval accuracy {score:.4f}, benchmarks/accuracy.py {expected:.4f}, {QUESTIONS} questions")
+    print(f"lmms-eval ({mode}) accuracy {score:.4f}, benchmarks/accuracy.py {expected:.4f}, {QUESTIONS} questions")
     assert score == pytest.approx(expected, abs=1e-12)
     samples.sort(key=lambda s: s["doc_id"])
     assert [s["doc_id"] for s in samples] == list(range(QUESTIONS))
