@@ -10,7 +10,7 @@ the wall time of ``generate`` of one token, per question.
     python benchmarks/accuracy.py --model PATH --out results/
     python benchmarks/accuracy.py --model PATH --questions 100 --recipes fastv,random --keeps 0.1
 
-Writes ``accuracy.md`` (the table) and ``accuracy.png`` (the plot) into ``--out`` and
+Writes ``accuracy.md`` (the table) and ``accuracy-layer-{layer}.png`` (a plot per layer) into ``--out`` and
 prints the table.
 """
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tokenprune
 from tokenprune import scenes, trained
+from tokenprune.errors import CueError
 
 KEEPS = (0.5, 0.25, 0.1, 0.05)
 
@@ -78,12 +79,16 @@ def measure(args: argparse.Namespace) -> dict[tuple, Tally]:
     for layer in args.layers:
         for recipe in args.recipes:
             configs += [(recipe, keep, layer) for keep in args.keeps]
-    tallies = {c: Tally() for c in configs}
     batches = [range(b, min(b + args.batch, args.questions)) for b in range(0, args.questions, args.batch)]
-    # warm-up: compile the selectors before anything is timed
+    # warm-up: compile the selectors before anything is timed; a recipe whose cues this
+    # point cannot give (attention at layer="input") is left out and shown as n/a
     warm = trained.batch_inputs(processor, split, batches[0])
-    for recipe, keep, layer in configs[1:]:
-        _run(model, warm, recipe, keep, layer)
+    for config in list(configs[1:]):
+        try:
+            _run(model, warm, *config)
+        except CueError:
+            configs.remove(config)
+    tallies = {c: Tally() for c in configs}
     with tqdm(total=len(batches) * len(configs), desc="accuracy", unit="run") as bar:
         for indices in batches:
             inputs = trained.batch_inputs(processor, split, indices)
@@ -122,15 +127,18 @@ def table(tallies: dict[tuple, Tally], args: argparse.Namespace) -> str:
         for recipe in args.recipes:
             cells = []
             for keep in args.keeps:
-                t = tallies[(recipe, keep, layer)]
+                t = tallies.get((recipe, keep, layer))
+                if t is None:
+                    cells.append("n/a")
+                    continue
                 cells.append(f"{100 * t.accuracy:.1f} ({100 * t.same / n:.0f}, {1000 * t.seconds / n:.1f})")
             lines.append(f"| `{recipe}` | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(tallies: dict[tuple, Tally], args: argparse.Namespace, path: Path) -> None:
-    """Accuracy against keep (log axis), one line per recipe, for the first layer."""
+def plot(tallies: dict[tuple, Tally], args: argparse.Namespace, layer, path: Path) -> None:
+    """Accuracy against keep (log axis), one line per recipe that runs at ``layer``."""
     import math
 
     from PIL import Image, ImageDraw
@@ -140,7 +148,6 @@ def plot(tallies: dict[tuple, Tally], args: argparse.Namespace, path: Path) -> N
     pen = ImageDraw.Draw(image)
     keeps = sorted({*args.keeps, 1.0})
     lo, hi = math.log(min(keeps)), math.log(max(keeps))
-    layer = args.layers[0]
     values = [t.accuracy for (_, _, at), t in tallies.items() if at in (layer, "-")]
     floor = min(0.4, math.floor(10 * min(values)) / 10)
 
@@ -159,11 +166,14 @@ def plot(tallies: dict[tuple, Tally], args: argparse.Namespace, path: Path) -> N
         pen.text((x - 12, height - bottom + 8), f"{k:g}", fill="black")
     pen.text((width / 2 - 90, height - 25), "keep (fraction of 576 visual tokens)", fill="black")
     pen.text((left, 12), f"held-out accuracy, pruned at layer {layer}, {args.questions} questions", fill="black")
+    # 20 distinguishable colours (matplotlib's tab20 order): one per recipe
     palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-               (0, 0, 0), (100, 100, 255), (255, 100, 100)]
+               (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+               (196, 156, 148), (247, 182, 210), (0, 0, 0), (219, 219, 141), (158, 218, 229)]
     unpruned = tallies[("unpruned", 1.0, "-")].accuracy
-    for i, recipe in enumerate(args.recipes):
+    recipes = [r for r in args.recipes if (r, args.keeps[0], layer) in tallies]
+    for i, recipe in enumerate(recipes):
         colour = palette[i % len(palette)]
         points = [xy(k, tallies[(recipe, k, layer)].accuracy) for k in args.keeps] + [xy(1.0, unpruned)]
         points.sort()
@@ -202,8 +212,9 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.md").write_text(text + "\n")
-    plot(tallies, args, args.out / "accuracy.png")
-    print(f"wrote {args.out / 'accuracy.md'} and {args.out / 'accuracy.png'}")
+    for layer in args.layers:
+        plot(tallies, args, layer, args.out / f"accuracy-layer-{layer}.png")
+    print(f"wrote {args.out / 'accuracy.md'} and accuracy-layer-*.png")
 
 
 if __name__ == "__main__":

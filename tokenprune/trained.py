@@ -4,14 +4,15 @@ processor, prompt, held-out split and loader.
 The model is a real `LlavaForConditionalGeneration` of LLaVA-1.5's token geometry
 (CLIP-style vision tower at 336 px in 14 px patches: 576 visual tokens on a 24 x 24 grid,
 vision layer -2, CLS dropped; a Llama text model), trained from scratch by
-``training/train_shapes.py``. No checkpoint is committed: the recipe there has not yet
-reached a useful accuracy. Its prompt puts the question before the image::
+``training/train_shapes.py``; the checkpoint ships in the package
+(``tokenprune/models/shapes-llava``, `MODEL_DIR`), with the accuracy it measured in its
+``training.json``. Its prompt puts the question before the image::
 
     <s> USER: is there a red triangle ? <image> x 576 ASSISTANT:
 
 and the next token is ``yes`` or ``no``.
 
-    >>> model, processor = load("shapes-llava")                     # doctest: +SKIP
+    >>> model, processor = load()                                   # doctest: +SKIP
     >>> split = scenes.make_split(seed=HELD_OUT_SEED, questions=8)   # doctest: +SKIP
     >>> answer(model, processor, split, range(8))                  # doctest: +SKIP
 """
