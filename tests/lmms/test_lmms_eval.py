@@ -1,7 +1,8 @@
 """End to end through the real lmms-eval CLI (``nox -s eval``; not in the default session):
 ``--model tokenprune`` on the shapes checkpoint and the ``shapes_pope`` task scores what
 ``benchmarks/accuracy.py`` measures for the same recipe, keep and questions, and logs
-kept tokens and prefill time per sample.
+kept tokens and prefill time per sample. Also the registered classes' refusals and their
+multi-round path, which need lmms-eval installed.
 
 TOKENPRUNE_EVAL_CHECKPOINT (default: the committed shapes model) and
 TOKENPRUNE_EVAL_QUESTIONS (default 96) change what is run.
@@ -133,3 +134,45 @@ def test_the_registered_model_refuses_bad_arguments_before_loading(args, message
     good = {"base": "llava_hf", "pretrained": "/no/such/checkpoint", "recipe": "fastv", "keep": 0.1}
     with pytest.raises(SpecError, match=re.escape(message)):
         cls(**{**good, **args})
+
+
+class _MultiRoundBase:
+    """A stand-in for an lmms-eval class whose multi-round loop calls ``generate`` once per
+    round, feeding each answer back into the next prompt."""
+
+    def __init__(self, model):
+        self.model, self._rank = model, 0
+
+    def generate_until_multi_round(self, requests):
+        answers = []
+        for inputs in requests:
+            ids = inputs["input_ids"]
+            for _ in range(2):
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs["pixel_values"],
+                    max_new_tokens=2, do_sample=False, pad_token_id=0,
+                )
+                ids = out
+            answers.append(ids)
+        return answers
+
+
+def test_multi_round_calls_are_pruned_one_by_one():
+    import tokenprune
+    from tests.tiny_models import make_batch, tiny_model
+    from tokenprune.lmms.model import TokenPruneSimple
+
+    model = tiny_model("llava").eval()
+    requests = [make_batch(model, [[(336, 336)]], seed=i, text_len=2 + i).inputs for i in range(2)]
+    wrapper = TokenPruneSimple.__new__(TokenPruneSimple)
+    wrapper._base = _MultiRoundBase(model)
+    wrapper._block = tokenprune.prune(model, "fastv", keep=0.25, layer=1)
+    got = wrapper.generate_until_multi_round(requests)
+    assert "generate" not in vars(model)
+    with torch.inference_mode():
+        for inputs, out in zip(requests, got):
+            ids = inputs["input_ids"]
+            for _ in range(2):
+                with tokenprune.prune(model, "fastv", keep=0.25, layer=1):
+                    ids = model.generate(input_ids=ids, pixel_values=inputs["pixel_values"], max_new_tokens=2, do_sample=False, pad_token_id=0)
+            assert out.tolist() == ids.tolist()

@@ -183,9 +183,16 @@ class _TokenPrune(lmms):
         inputs = batching.merge(calls)
         options = calls[0].options
         timer = _PrefillTimer(model)
-        with torch.inference_mode(), timer, self._block as run:
-            output = model.generate(**inputs, **options)
-            timer.stop()
+        # in the multi-round loop the base's generate is shadowed (`_call_base`): run the
+        # model's own here, guarded by the prune block
+        shadow = vars(model).pop("generate", None)
+        try:
+            with torch.inference_mode(), timer, self._block as run:
+                output = model.generate(**inputs, **options)
+                timer.stop()
+        finally:
+            if shadow is not None:
+                model.generate = shadow
         rows = batching.split(output, calls, options.get("eos_token_id"))
         visual, kept = _counts(run, len(calls))
         n = len(calls)
