@@ -317,7 +317,8 @@ class SoftNMS(Selector):
 
     radius: float | None = 5.0
     decays: tuple[Decay, ...] = field(default_factory=lambda: (SpatialDecay(1.5), SimilarityDecay(0.05)))
-    #: Its greedy steps run through torch.compile (the first call of a new shape compiles).
+    #: Its first call compiles: soft_nms_cpu's C kernel on CPU tensors (built once), else
+    #: the greedy steps through torch.compile (again for a new shape).
     compiles: ClassVar[bool] = True
     name = "soft_nms"
     build = classmethod(_build_soft_nms)
