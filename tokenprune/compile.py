@@ -60,7 +60,8 @@ def maybe_compiled(fn: F, *, cpu_threads: int | None = None) -> F:
     OpenMP fork and join per kernel costs more than it saves, and on a loaded machine a
     descheduled worker stalls every step (CUDA kernels are unaffected).
 
-    The compiled function is built once. Before each call the two leading dims of
+    The compiled function is built once, at the first call that needs it (so importing a
+    module that wraps a step costs nothing). Before each call the two leading dims of
     every tensor argument, also inside tuples (batch-first: B and N) are marked dynamic, so a new B or N
     does not recompile (dynamo specialises B = 1, so going from one sample to several
     compiles once more); trailing dims such as the key width D stay static, which lets
@@ -68,7 +69,6 @@ def maybe_compiled(fn: F, *, cpu_threads: int | None = None) -> F:
     and ``fn`` runs eagerly from then on.
     """
     options = None if cpu_threads is None else {"cpp.threads": cpu_threads}
-    compiled = torch.compile(fn, dynamic=None, options=options)
     failed: set[str] = set()  # device types on which compiling failed
 
     @functools.wraps(fn)
@@ -80,6 +80,11 @@ def maybe_compiled(fn: F, *, cpu_threads: int | None = None) -> F:
         for arg in tensors:
             for dim in range(min(arg.dim(), 2)):
                 torch._dynamo.maybe_mark_dynamic(arg, dim)
+        if run.compiled is None:  # type: ignore[attr-defined]
+            # At the first call that runs it: torch.compile imports dynamo and inductor,
+            # seconds that a process which never needs it (soft_nms's C kernel on CPU,
+            # eager mode) must not pay at import.
+            run.compiled = torch.compile(fn, dynamic=None, options=options)  # type: ignore[attr-defined]
         try:
             return run.compiled(*args, **kwargs)  # type: ignore[attr-defined]
         except Exception as exc:
@@ -97,7 +102,7 @@ def maybe_compiled(fn: F, *, cpu_threads: int | None = None) -> F:
             return result
 
     run.eager = fn  # type: ignore[attr-defined]
-    run.compiled = compiled  # type: ignore[attr-defined]
+    run.compiled = None  # type: ignore[attr-defined]  # built at the first compiled call
     return run  # type: ignore[return-value]
 
 
