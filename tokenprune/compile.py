@@ -77,14 +77,11 @@ def maybe_compiled(fn: F, *, cpu_threads: int | None = None) -> F:
         device = tensors[0].device.type if tensors else "cpu"
         if not _enabled or device in failed:
             return fn(*args, **kwargs)
+        if run.compiled is None:  # type: ignore[attr-defined]
+            run.compiled = _compile(fn, options)  # type: ignore[attr-defined]
         for arg in tensors:
             for dim in range(min(arg.dim(), 2)):
                 torch._dynamo.maybe_mark_dynamic(arg, dim)
-        if run.compiled is None:  # type: ignore[attr-defined]
-            # At the first call that runs it: torch.compile imports dynamo and inductor,
-            # seconds that a process which never needs it (soft_nms's C kernel on CPU,
-            # eager mode) must not pay at import.
-            run.compiled = torch.compile(fn, dynamic=None, options=options)  # type: ignore[attr-defined]
         try:
             return run.compiled(*args, **kwargs)  # type: ignore[attr-defined]
         except Exception as exc:
@@ -104,6 +101,16 @@ def maybe_compiled(fn: F, *, cpu_threads: int | None = None) -> F:
     run.eager = fn  # type: ignore[attr-defined]
     run.compiled = None  # type: ignore[attr-defined]  # built at the first compiled call
     return run  # type: ignore[return-value]
+
+
+def _compile(fn: Callable[..., Any], options: dict[str, Any] | None) -> Callable[..., Any]:
+    """``torch.compile(fn)``, called at the first compiled call rather than at import:
+    it imports dynamo and inductor, seconds that a process which never needs them
+    (soft_nms's C kernel on CPU, eager mode) must not pay. Their imports warn about
+    torch's own deprecations, which are not the caller's to act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.compile(fn, dynamic=None, options=options)
 
 
 #: Most characters of a compile error that the warning quotes.
