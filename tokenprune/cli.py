@@ -84,13 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="prune a random-weight LLaVA-1.5-shaped model inside generate() (offline, CPU)",
+        help="prune a LLaVA-1.5-shaped model inside generate() (offline, CPU)",
         description=(
-            "Build a small random-weight LLaVA of LLaVA-1.5's geometry (336 px CLIP tower, "
-            "576 visual tokens on 24x24), run generate() unpruned and with each recipe, print "
-            "a table (visual tokens kept, prefill time, speedup, KV cache per layer, generated "
-            "ids) and write one picture per recipe. Random weights make the attention "
-            "meaningless: the pictures show the selection mechanics."
+            "Run a small LLaVA of LLaVA-1.5's geometry (336 px CLIP tower, 576 visual tokens "
+            "on 24x24) with generate() unpruned and with each recipe, print a table (visual "
+            "tokens kept, accuracy, prefill time, speedup, KV cache per layer, generated ids) "
+            "and write one picture per recipe. The default model is tokenprune's trained "
+            "shapes model (accuracy on held-out yes/no questions; its attention drawn over "
+            "the scene); --model llava or qwen2_5_vl builds a random-weight one, whose "
+            "attention is meaningless."
         ),
     )
     demo.add_argument("--out", type=Path, default=Path("tokenprune-demo"), metavar="DIR",
@@ -104,18 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layer", type=int, default=2, metavar="K",
                       help="layers 0..K-1 see every token, layers K.. only the kept ones (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed of weights, prompt and random recipes (default: %(default)s)")
-    demo.add_argument("--new-tokens", type=int, default=8, metavar="T",
-                      help="tokens generated per run (default: %(default)s)")
+    demo.add_argument("--new-tokens", type=int, default=None, metavar="T",
+                      help="tokens generated per run (default: 1 with --model shapes, whose "
+                      "answer is one token; else 8)")
     demo.add_argument("--repeats", type=int, default=3, metavar="R",
                       help="timing rounds over all runs; each run shows its fastest prefill "
                       "(default: %(default)s)")
     demo.add_argument("--text-layers", type=int, default=8, metavar="L",
-                      help="depth of the random Llama text model (default: %(default)s)")
+                      help="depth of the random Llama text model (default: %(default)s; not --model shapes)")
     demo.add_argument("--hidden", type=int, default=512, metavar="H",
                       help="width of the random Llama text model, a multiple of 8 (default: %(default)s)")
-    demo.add_argument("--model", choices=("llava", "qwen2_5_vl"), default="llava",
-                      help="llava: LLaVA-1.5's geometry; qwen2_5_vl: Qwen2.5-VL-7B's (392 px image, "
-                      "28x28 patches, 2x2 merge: 196 visual tokens, M-RoPE) (default: %(default)s)")
+    demo.add_argument("--model", choices=("shapes", "llava", "qwen2_5_vl"), default="shapes",
+                      help="shapes: the trained shapes model (tokenprune.trained); llava: random "
+                      "weights, LLaVA-1.5's geometry; qwen2_5_vl: random weights, Qwen2.5-VL-7B's "
+                      "(392 px image, 28x28 patches, 2x2 merge: 196 visual tokens, M-RoPE) "
+                      "(default: %(default)s)")
+    demo.add_argument("--questions", type=int, default=48, metavar="Q",
+                      help="held-out questions each run answers for the accuracy column "
+                      "(--model shapes; default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_demo)
 
@@ -190,23 +198,32 @@ def _demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         recipes=args.recipes,
         layer=args.layer,
         seed=args.seed,
-        new_tokens=args.new_tokens,
+        new_tokens=(1 if args.model == "shapes" else 8) if args.new_tokens is None else args.new_tokens,
         repeats=args.repeats,
         text_layers=args.text_layers,
         hidden=args.hidden,
         model=args.model,
+        questions=args.questions,
     )
     _check_writable_dir("--out", args.out)  # before minutes of work, not after
-    geometry = "Qwen2.5-VL-7B" if config.model == "qwen2_5_vl" else "LLaVA-1.5"
-    print(f"tokenprune demo: random-weight {geometry} geometry, keep={config.keep}, layer={config.layer}, "
-          f"{config.text_layers} text layers of width {config.hidden}", file=stdout, flush=True)
+    if config.model == "shapes":
+        question = demo.shapes_question(config.seed)
+        print(f"tokenprune demo: the trained shapes model, keep={config.keep}, layer={config.layer}, "
+              f"accuracy on {config.questions} held-out questions; prompt: {question.text!r} "
+              f"(right answer: {question.answer})", file=stdout, flush=True)
+        notice = demo.SHAPES_NOTICE
+    else:
+        geometry = "Qwen2.5-VL-7B" if config.model == "qwen2_5_vl" else "LLaVA-1.5"
+        print(f"tokenprune demo: random-weight {geometry} geometry, keep={config.keep}, layer={config.layer}, "
+              f"{config.text_layers} text layers of width {config.hidden}", file=stdout, flush=True)
+        notice = demo.NOTICE
     results, image = demo.run(config, progress=_progress(not args.no_progress, stderr))
     table = demo.format_table(results)
     written = demo.write_pictures(results, image, args.out)
-    (args.out / "table.txt").write_text(table + "\n\n" + demo.NOTICE + "\n")
+    (args.out / "table.txt").write_text(table + "\n\n" + notice + "\n")
     print(table, file=stdout)
     print(file=stdout)
-    print(demo.NOTICE, file=stdout)
+    print(notice, file=stdout)
     print(f"\nPictures ({len(written)}) and table.txt written to {args.out}/", file=stdout)
     return 0
 

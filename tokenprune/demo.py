@@ -1,6 +1,10 @@
-"""The ``tokenprune demo``: prune a random-weight LLaVA-1.5-shaped model inside ``generate()``.
+"""The ``tokenprune demo``: prune a LLaVA-1.5-shaped model inside ``generate()``.
 
-Offline and CPU-only. The model has LLaVA-1.5's geometry (CLIP vision tower at 336 px in
+Offline and CPU-only. By default (``model="shapes"``) the model is the small trained one
+that ships with tokenprune (`tokenprune.trained`: synthetic shape scenes, yes/no
+questions): the table gets each run's accuracy on held-out questions, and the pictures
+show the trained model's attention and what each recipe keeps of a held-out scene.
+``model="llava"`` has LLaVA-1.5's geometry (CLIP vision tower at 336 px in
 14 px patches: 576 visual tokens on a 24 x 24 grid, a Llama text model) but tiny, random
 weights, so its attention carries no meaning: the demo shows the mechanics (which tokens a
 recipe keeps, how the prefill and the KV cache shrink), not the quality of the choices.
@@ -39,6 +43,7 @@ __all__ = [
     "DEFAULT_RECIPES",
     "MODELS",
     "NOTICE",
+    "SHAPES_NOTICE",
     "DemoConfig",
     "Result",
     "build_inputs",
@@ -63,10 +68,18 @@ NOTICE = (
     "selection mechanics (which cells each recipe keeps), not which tokens matter."
 )
 
+SHAPES_NOTICE = (
+    "Note: the model is tokenprune's small trained shapes model (tokenprune.trained); the\n"
+    "prompt is the first held-out question, and 'accuracy' is each run's share of right\n"
+    "yes/no answers on the first held-out questions (chance 50%)."
+)
+
 IMAGE_SIZE, PATCH_SIZE = 336, 14
 VISUAL_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 576
 #: The demo's models; ``qwen2_5_vl``: Qwen2.5-VL-7B's 28 x 28 patch grid of a 392 px image.
-MODELS = ("llava", "qwen2_5_vl")
+MODELS = ("shapes", "llava", "qwen2_5_vl")
+#: Text layers of the trained shapes model (`tokenprune.trained`).
+SHAPES_TEXT_LAYERS = 4
 QWEN_PATCHES, QWEN_MERGE = 28, 2
 QWEN_IMAGE_SIZE = QWEN_PATCHES * PATCH_SIZE  # 392
 QWEN_VISUAL_TOKENS = (QWEN_PATCHES // QWEN_MERGE) ** 2  # 196
@@ -89,8 +102,11 @@ class DemoConfig:
         seed: seeds the weights, the prompt and random recipes.
         new_tokens: tokens ``generate()`` produces per run (greedy).
         repeats: timing rounds; each run reports its fastest prefill.
-        text_layers, hidden: depth and width of the text model.
-        model: ``"llava"`` (LLaVA-1.5's geometry) or ``"qwen2_5_vl"`` (Qwen2.5-VL-7B's).
+        text_layers, hidden: depth and width of the random text model (not ``"shapes"``).
+        model: ``"shapes"`` (the trained shapes model), ``"llava"`` (random weights,
+            LLaVA-1.5's geometry) or ``"qwen2_5_vl"`` (random weights, Qwen2.5-VL-7B's).
+        questions: held-out questions each run answers for the accuracy column
+            (``"shapes"`` only; 0: no accuracy column).
     """
 
     keep: Keep = 0.1
@@ -101,20 +117,22 @@ class DemoConfig:
     repeats: int = 3
     text_layers: int = 8
     hidden: int = 512
-    model: str = "llava"
+    model: str = "shapes"
+    questions: int = 48
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise SpecError(f"model: expected one of {', '.join(MODELS)}, got {self.model!r}")
-        for name in ("layer", "new_tokens", "repeats", "text_layers", "hidden"):
+        for name in ("layer", "new_tokens", "repeats", "text_layers", "hidden", "questions"):
             value = getattr(self, name)
-            low = 0 if name == "layer" else 1
+            low = 0 if name in ("layer", "questions") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SpecError(f"{name}: expected an int >= {low}, got {value!r}")
-        if self.layer >= self.text_layers:
+        depth = SHAPES_TEXT_LAYERS if self.model == "shapes" else self.text_layers
+        if self.layer >= depth:
+            where = "the shapes model's" if self.model == "shapes" else "text_layers ="
             raise SpecError(
-                f"layer: expected a layer below text_layers = {self.text_layers} (layers "
-                f"0..{self.text_layers - 1}), got {self.layer}"
+                f"layer: expected a layer below {where} {depth} (layers 0..{depth - 1}), got {self.layer}"
             )
         if self.hidden % 8:
             raise SpecError(f"hidden: expected a multiple of 8 (8 attention heads), got {self.hidden}")
@@ -153,6 +171,9 @@ class Result:
         kv_bytes: per text layer, bytes of its keys and values.
         generated: the generated token ids.
         selection, layout: the last prefill's choice (None when unpruned).
+        accuracy: right answers on the held-out questions (``"shapes"``; else None).
+        attention: ``(1, N)`` the unpruned model's last-token attention to the visual
+            tokens in layer K-1 (``"shapes"``, unpruned row, K >= 1; else None).
     """
 
     name: str
@@ -164,6 +185,8 @@ class Result:
     generated: list[int]
     selection: Selection | None = None
     layout: Layout | None = field(default=None, repr=False)
+    accuracy: float | None = None
+    attention: Tensor | None = field(default=None, repr=False)
 
 
 def visual_tokens(model: str) -> int:
@@ -397,7 +420,7 @@ def _generate(model: Any, inputs: dict[str, Tensor], new_tokens: int) -> Any:
         min_new_tokens=new_tokens,
         do_sample=False,
         return_dict_in_generate=True,
-        pad_token_id=PAD_ID,
+        pad_token_id=PAD_ID,  # 0 in the shapes model's vocabulary too
     )
 
 
@@ -433,7 +456,7 @@ def _record(model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str
     choice. The time comes later, in rounds: this call is also their warm-up (first-call
     allocations, compiled selectors)."""
     recipe = None if name == "unpruned" else name
-    total = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+    total = int((inputs["input_ids"] == _image_token(model)).sum())
     prompt = inputs["input_ids"].shape[1]
     with torch.inference_mode(), _pruning(model, config, recipe) as pruning:
         output = _generate(model, inputs, config.new_tokens)
@@ -447,6 +470,63 @@ def _record(model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str
     tokens, sizes = _cache_sizes(output)
     generated = output["sequences"][0, prompt:].tolist()
     return Result(name, kept, total, math.inf, tokens, sizes, generated, selection, layout)
+
+
+def _image_token(model: Any) -> int:
+    config = model.config
+    return int(getattr(config, "image_token_id", None) or config.image_token_index)
+
+
+def _accuracy(model: Any, processor: Any, config: DemoConfig, name: str, batch: int = 24) -> float:
+    """Share of right answers on the first ``config.questions`` held-out questions,
+    answered in batches inside one pruning block."""
+    from tokenprune import scenes, trained
+
+    split = scenes.make_split(trained.HELD_OUT_SEED, config.questions)
+    right = 0
+    with _pruning(model, config, None if name == "unpruned" else name):
+        for begin in range(0, config.questions, batch):
+            indices = range(begin, min(begin + batch, config.questions))
+            got = trained.answer(model, processor, split, indices)
+            right += sum(g == split.questions[i].answer for g, i in zip(got, indices))
+    return right / config.questions
+
+
+@torch.inference_mode()
+def attention_to_image(model: Any, inputs: dict[str, Tensor], layer: int) -> Tensor:
+    """``(1, N)``: the last prompt token's attention to each visual token in decoder layer
+    ``layer``, averaged over heads (what FastV ranks by when pruning at ``layer + 1``)."""
+    # eager everywhere: the forward asks the vision tower for attentions too
+    before = {
+        "text_config": model.config.text_config._attn_implementation,
+        "vision_config": model.config.vision_config._attn_implementation,
+    }
+    model.set_attn_implementation("eager")
+    try:
+        out = model(**inputs, output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    last = out.attentions[layer][0, :, -1].mean(0)  # (L,)
+    return last[inputs["input_ids"][0] == _image_token(model)].unsqueeze(0)
+
+
+def shapes_question(seed: int = 0) -> Any:
+    """The held-out question the ``"shapes"`` demo asks (`tokenprune.scenes.Question`)."""
+    from tokenprune import scenes, trained
+
+    return scenes.make_split(trained.HELD_OUT_SEED, seed + 1).questions[seed]
+
+
+def _shapes_sample(seed: int) -> tuple[Any, Any, dict[str, Tensor], PILImage.Image, Any]:
+    """The trained shapes model, its processor, the prompt of held-out question ``seed``
+    with its scene, and the question."""
+    from tokenprune import scenes, trained
+
+    model, processor = trained.load()
+    split = scenes.make_split(trained.HELD_OUT_SEED, seed + 1)
+    question = split.questions[seed]
+    inputs = trained.batch_inputs(processor, split, [seed])
+    return model, processor, inputs, scenes.draw(split.scenes[question.scene]), question
 
 
 def _time_prefill(model: Any, inputs: dict[str, Tensor], config: DemoConfig, name: str) -> float:
@@ -477,10 +557,14 @@ def run(
     from tokenprune.viz import synthetic_image
 
     config = config or DemoConfig()
-    model = build_model(config.seed, config.text_layers, config.hidden, config.model)
-    side = image_size(config.model)
-    image = synthetic_image(side, side, seed=config.seed)
-    inputs = build_inputs(image, config.seed, config.model)
+    processor = None
+    if config.model == "shapes":
+        model, processor, inputs, image, _ = _shapes_sample(config.seed)
+    else:
+        model = build_model(config.seed, config.text_layers, config.hidden, config.model)
+        side = image_size(config.model)
+        image = synthetic_image(side, side, seed=config.seed)
+        inputs = build_inputs(image, config.seed, config.model)
     names: list[str] = ["unpruned", *config.recipes]
     # A step that compiles says so: the first run of a compiled selector waits for it.
     labels = {_step_label(name, config): name for name in names}
@@ -492,7 +576,12 @@ def run(
                 seconds = _time_prefill(model, inputs, config, name)
                 results[name].prefill_s = min(results[name].prefill_s, seconds)
         else:
-            results[labels[step]] = _record(model, inputs, config, labels[step])
+            name = labels[step]
+            results[name] = _record(model, inputs, config, name)
+            if processor is not None and config.questions:
+                results[name].accuracy = _accuracy(model, processor, config, name)
+            if processor is not None and name == "unpruned" and config.layer >= 1:
+                results[name].attention = attention_to_image(model, inputs, config.layer - 1)
     return [results[name] for name in names], image
 
 
@@ -532,9 +621,10 @@ def format_table(results: Sequence[Result], generated: int = 6) -> str:
     """A plain-text table of ``results``. Speedups and "same ids" (generated ids shared
     with the first row, from the start) are relative to the first (unpruned) row."""
     base = results[0]
+    scored = any(r.accuracy is not None for r in results)
     header = (
-        "recipe", "visual kept", "prefill ms", "speedup", "KV tokens/layer",
-        "KV KiB/layer", "same ids", f"first {generated} ids",
+        "recipe", "visual kept", *(["accuracy"] if scored else []), "prefill ms", "speedup",
+        "KV tokens/layer", "KV KiB/layer", "same ids", f"first {generated} ids",
     )
     rows = [header]
     for r in results:
@@ -543,6 +633,7 @@ def format_table(results: Sequence[Result], generated: int = 6) -> str:
             (
                 r.name,
                 f"{r.kept}/{r.total}",
+                *([f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"] if scored else []),
                 f"{r.prefill_s * 1e3:.0f}",
                 f"{base.prefill_s / r.prefill_s:.2f}x",
                 _per_layer(r.kv_tokens),
@@ -559,7 +650,8 @@ def format_table(results: Sequence[Result], generated: int = 6) -> str:
 
 def write_pictures(results: Sequence[Result], image: PILImage.Image, out: str | Path) -> list[Path]:
     """One PNG per pruned run (kept cells over the input image), the Gaussian correction
-    map, the input image and a sheet of all selections; returns the written paths."""
+    map, the input image, a sheet of all selections and, where the unpruned run recorded
+    it, the model's attention over the image; returns the written paths."""
     from tokenprune.strategies.transforms import gaussian_map
     from tokenprune.viz import draw_selection, draw_values, tile_pictures
 
@@ -588,6 +680,16 @@ def write_pictures(results: Sequence[Result], image: PILImage.Image, out: str | 
         path = out / "gaussian.png"
         gaussian.save(path)
         written.append(path)
+    attention = results[0].attention if results else None
+    if layout is not None and attention is not None:
+        picture = draw_values(
+            layout, attention, image,
+            title="last prompt token's attention",
+        )
+        path = out / "attention.png"
+        picture.save(path)
+        written.append(path)
+        sheet.insert(0, ("", picture))
     if sheet:
         path = out / "selections.png"
         tile_pictures(sheet, columns=3).save(path)

@@ -17,7 +17,7 @@ def demo_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("demo")
     out, err = io.StringIO(), io.StringIO()
     status = main(
-        ["demo", "--out", str(out_dir), "--recipes", "fastv,adaptprune,last", "--keep", "0.1",
+        ["demo", "--model", "llava", "--out", str(out_dir), "--recipes", "fastv,adaptprune,last", "--keep", "0.1",
          "--layer", "2", "--repeats", "1", "--new-tokens", "3", "--text-layers", "4",
          "--hidden", "64"],
         stdout=out,
@@ -55,7 +55,7 @@ def test_demo_writes_a_picture_per_recipe(demo_run):
 def test_last_recipe_keeps_the_bottom_rows_in_the_picture_data(demo_run):
     # The demo's Result carries the engine's selection: 'last' keeps tokens 519..575.
     results, _ = demo.run(
-        demo.DemoConfig(recipes=("last",), repeats=1, new_tokens=1, text_layers=3, hidden=64)
+        demo.DemoConfig(recipes=("last",), repeats=1, new_tokens=1, text_layers=3, hidden=64, model="llava")
     )
     selection = results[1].selection
     assert selection.indices[0].tolist() == list(range(576 - 57, 576))
@@ -63,7 +63,11 @@ def test_last_recipe_keeps_the_bottom_rows_in_the_picture_data(demo_run):
 
 def test_demo_config_checks_its_arguments():
     with pytest.raises(demo.SpecError, match="layer"):
-        demo.DemoConfig(layer=4, text_layers=4)
+        demo.DemoConfig(layer=4, text_layers=4, model="llava")
+    with pytest.raises(demo.SpecError, match="layer: expected a layer below the shapes model's 4"):
+        demo.DemoConfig(layer=4)
+    with pytest.raises(demo.SpecError, match="questions"):
+        demo.DemoConfig(questions=-1)
     with pytest.raises(demo.SpecError, match="hidden"):
         demo.DemoConfig(hidden=60)
     with pytest.raises(demo.SpecError, match="keep: expected at most the number of valid candidates, got keep=1000"):
@@ -95,3 +99,30 @@ def test_demo_on_qwen2_5_vl_geometry(tmp_path):
     assert f"{prompt + 1} x2, {19 + 18 + 1}" in rows["fastv"]
     with Image.open(tmp_path / "fastv.png") as picture:
         assert picture.width >= 196
+
+
+def test_demo_on_the_trained_shapes_model(tmp_path):
+    """The default model: the trained shapes model answers held-out questions (an accuracy
+    column), and its attention is drawn over the scene."""
+    out, err = io.StringIO(), io.StringIO()
+    status = main(
+        ["demo", "--out", str(tmp_path), "--recipes", "fastv,last", "--keep", "0.1",
+         "--repeats", "1", "--new-tokens", "1", "--questions", "8", "--no-progress"],
+        stdout=out,
+        stderr=err,
+    )
+    assert status == 0, err
+    text = out.getvalue()
+    assert "trained shapes model" in text and "8 held-out questions" in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("recipe"))
+    assert "accuracy" in header.split()
+    rows = {line.split()[0]: line.split() for line in lines if line.split()}
+    assert rows["unpruned"][1] == "576/576" and rows["fastv"][1] == "57/576"
+    for name in ("unpruned", "fastv", "last"):
+        assert re.fullmatch(r"\d+\.\d%", rows[name][2])
+    # the committed model answers these 8 held-out questions right (benchmark: 99.3% on 1,200)
+    assert rows["unpruned"][2] == "100.0%"
+    for name in ("attention", "fastv", "last", "input", "selections"):
+        with Image.open(tmp_path / f"{name}.png") as picture:
+            assert picture.width >= 336
