@@ -216,6 +216,21 @@ def test_compiled_torch_steps_match_reference(data):
         assert [i for i in selection.indices[b].tolist() if i >= 0] == expected
 
 
+def test_more_entries_than_the_kernel_indexes_run_the_torch_steps(monkeypatch, eager_torch_steps):
+    calls = _kernel_calls(monkeypatch)
+    monkeypatch.setattr(soft_nms_cpu, "MAX_ENTRIES", 5 * 21)  # 5 kept x the 21-offset disc of radius 2.5
+    layout = Layout.grid(6, 6)
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(1, 36, generator=g, dtype=torch.float64)
+    keys = torch.randn(1, 36, 4, generator=g, dtype=torch.float64)
+    selector = _selector(2.5, 1.5, 0.05)
+    fits = _select(layout, scores, keys, 5, selector, native=True)
+    over = _select(layout, scores, keys, 6, selector, native=True)
+    assert calls == [True, False]
+    for keep, got in ((5, fits), (6, over)):
+        assert torch.equal(got.indices, _select(layout, scores, keys, keep, selector, native=False).indices)
+
+
 def test_set_native_validates():
     with pytest.raises(TypeError, match="enabled: expected a bool"):
         soft_nms_cpu.set_native(1)

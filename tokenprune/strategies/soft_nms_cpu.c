@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { OK = 0, NO_MEMORY = 1, NEGATIVE_SCORE = 2 };
+enum { OK = 0, NO_MEMORY = 1, NEGATIVE_SCORE = 2, TOO_LARGE = 3 };
 
 /* Everything but the scores and keys (whose types vary). Tensors are contiguous. */
 typedef struct {
@@ -39,6 +39,7 @@ typedef struct {
     uint8_t *mask;            /* out (B, N) */
     int64_t *indices;         /* out (B, N): kept indices ascending, then -1 */
     int64_t *kept_most;       /* out: the largest count kept by a sample */
+    int64_t max_entries;      /* most pending entries (steps x window) the int32 lists hold */
 } soft_nms_args_t;
 
 typedef struct {
@@ -227,6 +228,7 @@ int soft_nms(const soft_nms_args_t *a, T *scores, const KT *all_keys) {
     int64_t p = 1;
     while (p < n) p <<= 1;
     scratch_t s;
+    if (steps * w > a->max_entries) return TOO_LARGE;  /* the caller runs the torch steps */
     if (alloc_scratch(&s, n, cells, a->r, p, steps, w)) return NO_MEMORY;
     int64_t *drow = malloc(sizeof(int64_t) * (size_t)w), *dcol = malloc(sizeof(int64_t) * (size_t)w);
     T *distance2 = malloc(sizeof(T) * (size_t)w);

@@ -79,6 +79,7 @@ class _Args(ctypes.Structure):
         ("mask", ctypes.c_void_p),
         ("indices", ctypes.c_void_p),
         ("kept_most", ctypes.c_void_p),
+        ("max_entries", ctypes.c_int64),
     ]
 
 
@@ -120,7 +121,11 @@ def applies(scores: Tensor, keys: Tensor | None) -> bool:
 
 
 #: Status codes of the kernel.
-NO_MEMORY, NEGATIVE_SCORE = 1, 2
+NO_MEMORY, NEGATIVE_SCORE, TOO_LARGE = 1, 2, 3
+
+#: Most pending entries (kept tokens x window offsets) the kernel's int32 lists index;
+#: beyond it (a huge radius on a huge region) the torch steps run.
+MAX_ENTRIES = 2**31 - 1
 
 
 def run(
@@ -138,8 +143,8 @@ def run(
 
     Returns:
         ``indices (B, K)`` (ascending, -1 padded), ``mask (B, N)`` and the final
-        ``scores (B, N)``; None when the kernel is unavailable (the caller runs the torch
-        steps).
+        ``scores (B, N)``; None when the kernel is unavailable or the window times the
+        budget exceeds `MAX_ENTRIES` (the caller runs the torch steps).
 
     Raises:
         CueError: a valid score is negative (`negative_score_error`).
@@ -168,11 +173,13 @@ def run(
         b, n, keys.shape[-1] if keys is not None else 0, shapes.shape[1],
         budget.data_ptr(), valid.data_ptr(), regions.data_ptr(), coords.data_ptr(), shapes.data_ptr(),
         key_batch, key_row, radius, spatial_sigma or 0.0, similarity_sigma or 0.0,
-        mask.data_ptr(), indices.data_ptr(), most.data_ptr(),
+        mask.data_ptr(), indices.data_ptr(), most.data_ptr(), MAX_ENTRIES,
     )  # fmt: skip
     status = fn(ctypes.byref(args), out.data_ptr(), keys.data_ptr() if keys is not None else None)
     if status == NEGATIVE_SCORE:
         raise negative_score_error(scores, layout.valid)
+    if status == TOO_LARGE:
+        return None
     if status == NO_MEMORY:
         raise MemoryError("soft_nms CPU kernel: out of memory")
     return indices[:, : int(most[0])], mask, out
