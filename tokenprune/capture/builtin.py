@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tokenprune.capture.attention_math import last_query_attention, mean_query_attention
 from tokenprune.capture.base import Capture, CueSource
-from tokenprune.capture.vision import ClsAttention, TextEmbeddings
+from tokenprune.capture.vision import ClsAttention, InputEmbeddingsSource, TextEmbeddings
 from tokenprune.errors import CueError
 from tokenprune.hookspecs import hookimpl
 
@@ -102,7 +102,7 @@ def text_raters(embeds: Tensor, visual: Tensor, real: Tensor) -> Tensor:
     return raters
 
 
-class RaterAttention(CueSource):
+class RaterAttention(InputEmbeddingsSource):
     """SparseVLM's cue: the mean attention of the sample's text raters (`text_raters`,
     chosen once from the input embeddings) to every candidate, in the decoder layer
     before the point, post-softmax, mean over heads and raters."""
@@ -111,34 +111,8 @@ class RaterAttention(CueSource):
     description = "SparseVLM: mean attention of the relevant text tokens (raters) to each candidate (B, N)"
     uses_attention = True
 
-    def __init__(self) -> None:
-        self._handle: Any = None
-        self._embeds: Tensor | None = None
-
-    def open(self, adapter: Any) -> None:
-        def record(module: Any, args: tuple, kwargs: dict) -> None:
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is not None:
-                self._embeds = embeds.detach()
-
-        self._handle = adapter.text.model.register_forward_pre_hook(record, with_kwargs=True)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._embeds = None
-
     def on_attention(self, capture: Capture, query: Tensor, key: Tensor, scaling: float) -> None:
-        input_ids = capture.inputs["input_ids"]
-        embeds = self._embeds
-        if embeds is None or embeds.shape[:2] != input_ids.shape:
-            raise CueError(
-                "rater_attention: expected the language model's inputs_embeds of this prompt, "
-                "got none (the language model was not called with inputs_embeds)"
-            )
-        mask = capture.inputs.get("attention_mask")
-        real = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
+        embeds, input_ids, real = self.prompt_inputs(capture)
         raters = text_raters(embeds, capture.adapter.visual_mask(input_ids), real)  # (B, L0)
         # Text tokens are never pruned: map the raters onto this point's slots.
         at_slots = raters.gather(1, capture.seq_index.clamp(min=0)) & (capture.seq_index >= 0)

@@ -11,7 +11,7 @@ from torch import Tensor
 from tokenprune.capture.base import Capture, CueSource
 from tokenprune.errors import CueError
 
-__all__ = ["ClsAttention", "TextEmbeddings"]
+__all__ = ["ClsAttention", "InputEmbeddingsSource", "TextEmbeddings"]
 
 
 def _by_sequence(values: Tensor, visual: Tensor, what: str) -> Tensor:
@@ -98,15 +98,10 @@ class ClsAttention(CueSource):
         return {"cls_attention": values.masked_fill(capture.candidates < 0, 0.0)}
 
 
-class TextEmbeddings(CueSource):
-    """The prompt's text tokens as the language model receives them (its input
-    embeddings), for text-guided scores: ``text_embeddings (B, T, H)`` in sequence order,
-    zero-padded to the longest prompt, and ``text_mask (B, T)`` bool (False for padding).
-    The same at every prune point (all text tokens survive pruning)."""
-
-    names = ("text_embeddings", "text_mask")
-    description = "the prompt's text-token input embeddings (B, T, H) and their mask (B, T)"
-    per_candidate = False
+class InputEmbeddingsSource(CueSource):
+    """Base of sources that read the language model's input embeddings of the prompt:
+    `open` records the ``inputs_embeds`` of every language-model call, `prompt_inputs`
+    returns the prefill's with its ``input_ids`` and real-token mask."""
 
     def __init__(self) -> None:
         self._handle: Any = None
@@ -126,16 +121,33 @@ class TextEmbeddings(CueSource):
             self._handle = None
         self._embeds = None
 
-    def capture(self, capture: Capture) -> dict[str, Tensor]:
+    def prompt_inputs(self, capture: Capture) -> tuple[Tensor, Tensor, Tensor]:
+        """``embeds (B, L, H)``, ``input_ids (B, L)`` and ``real (B, L)`` bool (False for
+        padding) of this prefill's prompt. Raises `CueError` without recorded embeddings."""
         embeds = self._embeds
         input_ids = capture.inputs["input_ids"]
         if embeds is None or embeds.shape[:2] != input_ids.shape:
             raise CueError(
-                "text_embeddings: expected the language model's inputs_embeds of this prompt, "
+                f"{self.names[0]}: expected the language model's inputs_embeds of this prompt, "
                 "got none (the language model was not called with inputs_embeds)"
             )
         mask = capture.inputs.get("attention_mask")
         real = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
+        return embeds, input_ids, real
+
+
+class TextEmbeddings(InputEmbeddingsSource):
+    """The prompt's text tokens as the language model receives them (its input
+    embeddings), for text-guided scores: ``text_embeddings (B, T, H)`` in sequence order,
+    zero-padded to the longest prompt, and ``text_mask (B, T)`` bool (False for padding).
+    The same at every prune point (all text tokens survive pruning)."""
+
+    names = ("text_embeddings", "text_mask")
+    description = "the prompt's text-token input embeddings (B, T, H) and their mask (B, T)"
+    per_candidate = False
+
+    def capture(self, capture: Capture) -> dict[str, Tensor]:
+        embeds, input_ids, real = self.prompt_inputs(capture)
         text = real & ~capture.adapter.visual_mask(input_ids)
         count = int(text.sum(dim=1).max())
         order = torch.where(text, torch.arange(text.shape[1], device=text.device), text.shape[1])
