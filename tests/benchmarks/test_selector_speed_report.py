@@ -4,23 +4,17 @@ first, everything else in a collapsible block, every row as wide as its header."
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from script_modules import ROOT, script_module
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "selector_speed.py"
+SCRIPT = ROOT / "benchmarks" / "selector_speed.py"
 
 
 @pytest.fixture(scope="module")
 def selector_speed():
-    spec = importlib.util.spec_from_file_location("selector_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["selector_speed"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["selector_speed"]
+    with script_module(SCRIPT, "selector_speed") as module:
+        yield module
 
 
 def _result(n, d, b, dtype, loop, compiled, differ=0):

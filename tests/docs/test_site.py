@@ -3,12 +3,12 @@ benchmark placeholders are in place, and ``mkdocs build --strict`` passes."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
+from script_modules import script_module
 
 from tokenprune.registry import get_registry
 
@@ -53,10 +53,8 @@ def test_pictures_are_small():
 
 @pytest.mark.usefixtures("eager_selectors")
 def test_committed_pictures_are_what_pictures_py_draws(tmp_path):
-    spec = importlib.util.spec_from_file_location("docs_pictures", DOCS / "pictures.py")
-    pictures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pictures)
-    written = pictures.draw(tmp_path)
+    with script_module(DOCS / "pictures.py", "docs_pictures") as pictures:
+        written = pictures.draw(tmp_path)
     assert {p.name for p in written} == {p.name for p in (DOCS / "img").glob("*.png")}
     for path in written:
         with Image.open(path) as new, Image.open(DOCS / "img" / path.name) as old:

@@ -11,7 +11,6 @@ TOKENPRUNE_EVAL_QUESTIONS (default 96) change what is run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_modules import script_module
 
 from tokenprune import scenes, trained
 from tokenprune.lmms import shapes_pope
@@ -36,22 +36,18 @@ BATCH, RECIPE, KEEP, LAYER = 8, "adaptprune", 0.1, 2
 def _benchmark() -> tuple[float, list[str]]:
     """benchmarks/accuracy.py's accuracy for RECIPE / KEEP / LAYER, and its answers (its
     own ``_run`` over the same batches, decoded as lmms-eval's base class decodes)."""
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    args = argparse.Namespace(
-        model=CHECKPOINT, questions=QUESTIONS, batch=BATCH, recipes=[RECIPE], keeps=[KEEP], layers=[LAYER]
-    )
-    accuracy = module.measure(args)[(RECIPE, KEEP, LAYER)].accuracy
-    model, processor = trained.load(CHECKPOINT)
-    split = scenes.make_split(trained.HELD_OUT_SEED, QUESTIONS)
-    answers = []
-    for start in range(0, QUESTIONS, BATCH):
-        inputs = trained.batch_inputs(processor, split, range(start, min(start + BATCH, QUESTIONS)))
-        ids, _, _ = module._run(model, inputs, RECIPE, KEEP, LAYER)
-        answers += [processor.tokenizer.decode([i], skip_special_tokens=True) for i in ids]
-    del sys.modules[spec.name]
+    with script_module(ROOT / "benchmarks" / "accuracy.py", "accuracy_benchmark") as module:
+        args = argparse.Namespace(
+            model=CHECKPOINT, questions=QUESTIONS, batch=BATCH, recipes=[RECIPE], keeps=[KEEP], layers=[LAYER]
+        )
+        accuracy = module.measure(args)[(RECIPE, KEEP, LAYER)].accuracy
+        model, processor = trained.load(CHECKPOINT)
+        split = scenes.make_split(trained.HELD_OUT_SEED, QUESTIONS)
+        answers = []
+        for start in range(0, QUESTIONS, BATCH):
+            inputs = trained.batch_inputs(processor, split, range(start, min(start + BATCH, QUESTIONS)))
+            ids, _, _ = module._run(model, inputs, RECIPE, KEEP, LAYER)
+            answers += [processor.tokenizer.decode([i], skip_special_tokens=True) for i in ids]
     return accuracy, answers
 
 
