@@ -32,7 +32,6 @@ from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlamaConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
@@ -51,6 +50,17 @@ from transformers import (
 )
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from tokenprune.model_configs import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    clip_vision_config,
+    llava_config,
+    mrope_parameters,
+    qwen2_5_vl_vision,
+    text_config,
+)
 
 __all__ = [
     "BOS_ID",
@@ -83,7 +93,6 @@ __all__ = [
 ]
 
 VOCAB_SIZE = 128
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 #: The image placeholder token of every tiny model (``config.image_token_id``).
 IMAGE_TOKEN_ID = 120
 #: InternVL's ``<img>`` / ``</img>`` around each image's placeholders (text tokens to the model).
@@ -105,29 +114,20 @@ QWEN_MIN_TOKENS, QWEN_MAX_TOKENS = 1, 144
 
 
 def _clip_vision() -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        image_size=336,
-        patch_size=14,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=32,
-    )
+    return clip_vision_config(hidden_size=32, layers=2, heads=2, projection_dim=32)
 
 
-def _llama_text() -> LlamaConfig:
-    return LlamaConfig(
+def _text(layers: int = 4, **extra) -> dict:
+    """Every tiny text model: width 64, 4 heads (2 key/value heads) of 16."""
+    return text_config(
         vocab_size=VOCAB_SIZE,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16384,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
+        layers=layers,
+        heads=4,
+        kv_heads=2,
+        max_positions=16384,
+        **extra,
     )
 
 
@@ -135,18 +135,13 @@ def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
     """A llava-1.5-shaped `LlavaForConditionalGeneration`: 576 visual tokens per image
     (vision layer -2, CLS dropped), 4 Llama layers of width 64, eval mode."""
     torch.manual_seed(seed)
-    config = LlavaConfig(
-        vision_config=_clip_vision(), text_config=_llama_text(), image_token_index=IMAGE_TOKEN_ID
-    )
+    config = llava_config(_clip_vision(), LlamaConfig(**_text()), IMAGE_TOKEN_ID)
     return LlavaForConditionalGeneration(config).eval()
 
 
 def _mistral_text(sliding_window: int | None) -> MistralConfig:
     # MistralConfig sets no layer_types: every layer uses `sliding_window` (default 4096).
-    llama = _llama_text().to_dict()
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "max_position_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")
-    return MistralConfig(**{k: llama[k] for k in keys}, sliding_window=sliding_window)
+    return MistralConfig(**_text(), sliding_window=sliding_window)
 
 
 def tiny_llava_next(
@@ -162,7 +157,7 @@ def tiny_llava_next(
     pinpoints = [list(p) for p in (image_grid_pinpoints or LLAVA_NEXT_PINPOINTS)]
     config = LlavaNextConfig(
         vision_config=_clip_vision(),
-        text_config=_llama_text() if sliding_window is None else _mistral_text(sliding_window),
+        text_config=LlamaConfig(**_text()) if sliding_window is None else _mistral_text(sliding_window),
         image_token_index=IMAGE_TOKEN_ID,
         image_grid_pinpoints=pinpoints,
     )
@@ -176,39 +171,14 @@ def tiny_internvl(seed: int = 0) -> InternVLForConditionalGeneration:
     vision = InternVLVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
     )
-    text = Qwen2Config(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16384,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-    )
+    text = Qwen2Config(**_text(layers=2))
     config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID)
     return InternVLForConditionalGeneration(config).eval()
 
 
-def _qwen_text(**extra) -> dict:
-    text = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16384,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        # head_dim 16: 8 rotary frequencies split over the (t, h, w) axes.
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-    )
-    text.update(extra)
-    return text
+def _qwen_text() -> dict:
+    # head_dim 16: its 8 rotary frequencies split over the (t, h, w) axes 2 : 3 : 3.
+    return _text(rope_parameters=mrope_parameters(16, 10000.0))
 
 
 _QWEN_IDS = dict(
@@ -232,16 +202,7 @@ def tiny_qwen2_5_vl(seed: int = 0, window_size: int = 56) -> Qwen2_5_VLForCondit
     """A Qwen2.5-VL-shaped model: 14 px patches, 2 x 2 merge, a window-attention block
     (``window_size`` px windows) then a full-attention block, 4 M-RoPE layers, eval mode."""
     torch.manual_seed(seed)
-    vision = dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=64,
-        patch_size=14,
-        window_size=window_size,
-        fullatt_block_indexes=[1],
-    )
+    vision = qwen2_5_vl_vision(hidden_size=32, out_hidden_size=64, window_size=window_size)
     config = Qwen2_5_VLConfig(vision_config=vision, text_config=_qwen_text(), **_QWEN_IDS)
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
@@ -262,7 +223,7 @@ def tiny_qwen3_vl(seed: int = 0) -> Qwen3VLForConditionalGeneration:
         deepstack_visual_indexes=[0, 1, 2],
     )
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
-    text = _qwen_text(head_dim=16, rope_parameters=rope)
+    text = _text(head_dim=16, rope_parameters=rope)
     config = Qwen3VLConfig(vision_config=vision, text_config=text, **_QWEN_IDS)
     return Qwen3VLForConditionalGeneration(config).eval()
 
@@ -275,7 +236,7 @@ def tiny_llava_onevision(seed: int = 0) -> LlavaOnevisionForConditionalGeneratio
     vision = SiglipVisionConfig(
         image_size=384, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
     )
-    text = Qwen2Config(**{k: v for k, v in _qwen_text().items() if k != "rope_parameters"})
+    text = Qwen2Config(**_text())
     config = LlavaOnevisionConfig(
         vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID
     )

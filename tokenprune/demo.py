@@ -32,6 +32,18 @@ from torch import Tensor
 from tokenprune.cues import ATTENTION_CUES
 from tokenprune.errors import SpecError
 from tokenprune.layout import Layout
+from tokenprune.model_configs import (
+    BOS_ID,
+    EOS_ID,
+    IMAGE_SIZE,
+    PAD_ID,
+    PATCH_SIZE,
+    clip_vision_config,
+    llava_config,
+    mrope_parameters,
+    qwen2_5_vl_vision,
+    text_config,
+)
 from tokenprune.pruner import pruner as build_pruner
 from tokenprune.registry import get_registry
 from tokenprune.selection import Keep, Selection, resolve_keep
@@ -74,7 +86,6 @@ SHAPES_NOTICE = (
     "yes/no answers on the first held-out questions (chance 50%)."
 )
 
-IMAGE_SIZE, PATCH_SIZE = 336, 14
 VISUAL_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 576
 #: The demo's models; ``qwen2_5_vl``: Qwen2.5-VL-7B's 28 x 28 patch grid of a 392 px image.
 MODELS = ("shapes", "llava", "qwen2_5_vl")
@@ -86,7 +97,7 @@ QWEN_VISUAL_TOKENS = (QWEN_PATCHES // QWEN_MERGE) ** 2  # 196
 #: CLIP's normalisation, as the LLaVA-1.5 image processor applies it.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VOCAB_SIZE, PAD_ID, BOS_ID, EOS_ID, IMAGE_TOKEN_ID = 1024, 0, 1, 2, 1023
+VOCAB_SIZE, IMAGE_TOKEN_ID = 1024, 1023
 #: Qwen-VL's video placeholder and ``<|vision_start|>`` / ``<|vision_end|>`` in the demo vocabulary.
 VIDEO_TOKEN_ID, VISION_START_ID, VISION_END_ID = 1022, 1020, 1021
 
@@ -211,89 +222,44 @@ def build_model(seed: int = 0, text_layers: int = 8, hidden: int = 512, model: s
     """
     if model == "qwen2_5_vl":
         return build_qwen2_5_vl(seed, text_layers, hidden)
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from transformers import LlamaConfig, LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=64,
-    )
-    text = LlamaConfig(
+    vision = clip_vision_config(hidden_size=64, layers=2, heads=2, projection_dim=64)
+    config = llava_config(vision, LlamaConfig(**_text(text_layers, hidden)), IMAGE_TOKEN_ID)
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def _text(layers: int, hidden: int, **extra: Any) -> dict[str, Any]:
+    return text_config(
         vocab_size=VOCAB_SIZE,
         hidden_size=hidden,
         intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=text_layers,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=4096,
+        layers=layers,
+        heads=8,
+        kv_heads=8,
+        max_positions=4096,
         # Wider than the default 0.02, so that greedy decoding of the random model does
         # not repeat one token and the generated ids can show where pruning changes them.
         initializer_range=0.1,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
+        **extra,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=IMAGE_TOKEN_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).eval()
 
 
 def build_qwen2_5_vl(seed: int = 0, text_layers: int = 8, hidden: int = 512) -> Any:
     """A `Qwen2_5_VLForConditionalGeneration` of Qwen2.5-VL-7B's geometry, random weights.
 
     Vision: 14 px patches, 2 frames per temporal patch, 112 px attention windows with full
-    attention in every fourth block (2 blocks of width 64 here: one window, one full), 2 x 2
+    attention in every eighth block (2 blocks of width 64 here: one window, one full), 2 x 2
     merge. Text: a Qwen2 model of ``text_layers`` layers of width ``hidden`` with 8 heads
     and M-RoPE (the 7B's split of the rotary frequencies over (t, h, w), 1 : 1.5 : 1.5),
     weights drawn with std 0.1. Eval mode, float32.
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    half = hidden // 8 // 2  # rotary frequencies per head
-    section = [half // 4, half * 3 // 8, half - half // 4 - half * 3 // 8]
-    text = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=text_layers,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=4096,
-        initializer_range=0.1,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section},
-    )
-    vision = dict(
-        depth=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_heads=2,
-        out_hidden_size=hidden,
-        patch_size=PATCH_SIZE,
-        spatial_merge_size=QWEN_MERGE,
-        window_size=112,
-        fullatt_block_indexes=[1],
-    )
     config = Qwen2_5_VLConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=qwen2_5_vl_vision(hidden_size=64, out_hidden_size=hidden, window_size=112),
+        text_config=_text(text_layers, hidden, rope_parameters=mrope_parameters(hidden // 8, 1000000.0)),
         image_token_id=IMAGE_TOKEN_ID,
         video_token_id=VIDEO_TOKEN_ID,
         vision_start_token_id=VISION_START_ID,

@@ -52,47 +52,33 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokenprune import scenes, trained
+from tokenprune.model_configs import (
+    IMAGE_SIZE,
+    PATCH_SIZE,
+    clip_vision_config,
+    llava_config,
+    text_config,
+)
 
-GRID, PATCH = 24, 14
+GRID, PATCH = IMAGE_SIZE // PATCH_SIZE, PATCH_SIZE  # 24 x 24 patches of 14 px
 
 
 def build_model(args: argparse.Namespace, vocab: int, image_token: int) -> torch.nn.Module:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from transformers import LlamaConfig, LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(
-        image_size=336,
-        patch_size=PATCH,
-        hidden_size=args.vision_width,
-        intermediate_size=args.vision_width * 2,
-        # vision layer -2: the last layer is never used, as in LLaVA-1.5
-        num_hidden_layers=args.vision_layers + 1,
-        num_attention_heads=4,
-    )
-    text = LlamaConfig(
+    # vision layer -2: the last layer is never used, as in LLaVA-1.5
+    vision = clip_vision_config(hidden_size=args.vision_width, layers=args.vision_layers + 1, heads=4)
+    text = text_config(
         vocab_size=vocab,
         hidden_size=args.width,
         intermediate_size=args.width * 2,
-        num_hidden_layers=args.layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+        layers=args.layers,
+        heads=4,
+        kv_heads=4,
+        max_positions=1024,
         tie_word_embeddings=False,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_token,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    config = llava_config(vision, LlamaConfig(**text), image_token)
     torch.manual_seed(args.seed)
     model = LlavaForConditionalGeneration(config)
     # CLIP's random position embeddings (std 0.02) left the left/right probe at chance for
