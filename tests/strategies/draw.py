@@ -1,11 +1,14 @@
-"""Hypothesis strategies: ragged batches of layouts, distinct or tied scores, keys."""
+"""Hypothesis strategies: ragged batches of layouts, distinct or tied scores, keys; and
+what hands drawn inputs to a selector (`Given`, `soft_nms_selector`, `select`)."""
 
 from __future__ import annotations
 
 import torch
 from hypothesis import strategies as st
 
-from tokenprune import Layout
+import tokenprune
+from tokenprune import Cues, Layout
+from tokenprune.strategies.soft_nms import SimilarityDecay, SoftNMS, SpatialDecay, TemporalDecay
 
 
 @st.composite
@@ -65,6 +68,49 @@ def keep_values(layout: Layout):
     """Fractions, or counts no larger than the smallest valid count."""
     smallest = int(layout.num_valid().min())
     return st.one_of(st.floats(0.01, 1.0), st.integers(1, max(1, smallest)))
+
+
+@st.composite
+def selector_inputs(
+    draw, layout_strategy=None, *, ties: bool = False, dim: int | None = None, dtype=torch.float64
+) -> tuple[Layout, torch.Tensor, torch.Tensor, float | int]:
+    """A layout (of ``layout_strategy``, default `layouts()`), then its `scores_for`,
+    `keys_for` and `keep_values`: ``(layout, scores (B, N), keys (B, N, D), keep)``."""
+    layout = draw(layouts() if layout_strategy is None else layout_strategy)
+    scores = draw(scores_for(layout, ties=ties, dtype=dtype))
+    keys = draw(keys_for(layout, dim=dim, dtype=dtype))
+    return layout, scores, keys, draw(keep_values(layout))
+
+
+class Given(tokenprune.Score):
+    """A score stage that returns fixed scores (to run a selector on chosen inputs)."""
+
+    name = "given"
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def __call__(self, cues):
+        return self.scores
+
+
+def soft_nms_selector(radius, sigma_d, sigma_s, sigma_t=None, frames: int = 1) -> SoftNMS:
+    """The `SoftNMS` that `reference.ref_soft_nms` describes with the same arguments
+    (a decay term for each sigma that is not None)."""
+    decays = []
+    if sigma_d:
+        decays.append(SpatialDecay(sigma_d))
+    if sigma_s:
+        decays.append(SimilarityDecay(sigma_s))
+    if sigma_t:
+        decays.append(TemporalDecay(sigma_t, frames))
+    return SoftNMS(radius=radius, decays=tuple(decays))
+
+
+def select(layout: Layout, scores: torch.Tensor, keys: torch.Tensor, keep, selector) -> tokenprune.Selection:
+    """``selector``'s choice of ``keep`` of the tokens with these ``scores (B, N)`` and
+    ``keys (B, N, D)``, through a `tokenprune.Pruner` (which resolves ``keep``)."""
+    return tokenprune.Pruner(Given(scores), (), selector, keep=keep)(Cues(layout, keys=keys))
 
 
 @st.composite

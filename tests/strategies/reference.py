@@ -150,6 +150,29 @@ def ref_soft_nms(
     return sorted(kept), s
 
 
+def assert_matches_ref_soft_nms(
+    selection, layout: Layout, scores: torch.Tensor, keys: torch.Tensor, keep,
+    radius: float | None, sigma_d: float | None, sigma_s: float | None,
+    sigma_t: float | None = None, frames: int = 1,
+) -> None:
+    """``selection`` (a `tokenprune.Selection` of ``scores (B, N)``, ``keys (B, N, D)``)
+    == `ref_soft_nms` sample by sample: the kept indices exactly, the final scores of
+    valid tokens to 1e-9."""
+    for b in range(layout.batch_size):
+        k = ref_budget(keep, int(layout.valid[b].sum()))
+        expected, expected_scores = ref_soft_nms(
+            scores[b].tolist(), tokens_of(layout, b), keys[b], k, radius, sigma_d, sigma_s, sigma_t, frames
+        )
+        assert [i for i in selection.indices[b].tolist() if i >= 0] == expected
+        valid = layout.valid[b]
+        torch.testing.assert_close(
+            selection.scores[b][valid],
+            torch.tensor(expected_scores, dtype=torch.float64)[valid],
+            rtol=1e-9,
+            atol=1e-12,
+        )
+
+
 def ref_skip(scores: list[float], tokens: list[dict], k: int, stride: int = 2) -> list[int]:
     """Every stride-th token of the ranking, then the skipped ones in rank order."""
     ranked = sorted((t["index"] for t in tokens if t["valid"]), key=lambda i: (-scores[i], i))
@@ -174,3 +197,4 @@ def ref_grid(scores: list[float], key: list[float], tokens: list[dict], k: int, 
     order = sorted(winners, key=lambda i: (-scores[i], i))
     order += sorted((i for i in valid if i not in winners), key=lambda i: (-scores[i], i))
     return sorted(order[:k])
+

@@ -12,21 +12,9 @@ from hypothesis import strategies as st
 import tokenprune
 from tokenprune import CueError, Cues, Layout
 
-from .draw import layouts
+from .draw import Given, layouts
 
 DIM = 16
-
-
-class _Given(tokenprune.Score):
-    """Fixed scores (the quality term)."""
-
-    name = "given"
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def __call__(self, cues):
-        return self.scores
 
 
 def ref_greedy_map(quality: list[float], features: list[torch.Tensor], valid: list[bool], k: int) -> list[int]:
@@ -52,7 +40,7 @@ def ref_greedy_map(quality: list[float], features: list[torch.Tensor], valid: li
 
 
 def _select(layout, quality, hidden, keep):
-    pruner = tokenprune.Pruner(_Given(quality), (), tokenprune.pruner("uniform | dpp", keep=1).selector, keep=keep)
+    pruner = tokenprune.Pruner(Given(quality), (), tokenprune.pruner("uniform | dpp", keep=1).selector, keep=keep)
     return pruner(Cues(layout, hidden=hidden))
 
 
@@ -104,4 +92,4 @@ def test_batch_equals_singles():
 def test_negative_quality_is_refused():
     cues = Cues(Layout.grid(2, 2), hidden=torch.randn(1, 4, 3))
     with pytest.raises(CueError, match="scores: dpp .* needs them >= 0"):
-        tokenprune.Pruner(_Given(torch.tensor([[0.1, -0.2, 0.3, 0.4]])), (), tokenprune.pruner("uniform | dpp", keep=1).selector, keep=2)(cues)
+        tokenprune.Pruner(Given(torch.tensor([[0.1, -0.2, 0.3, 0.4]])), (), tokenprune.pruner("uniform | dpp", keep=1).selector, keep=2)(cues)

@@ -11,54 +11,23 @@ import tokenprune
 from tokenprune import Cues, Layout
 from tokenprune.compile import compile_mode
 from tokenprune.strategies import soft_nms_cpu
-from tokenprune.strategies.soft_nms import SimilarityDecay, SoftNMS, SpatialDecay
 
-from .draw import keep_values, keys_for, layouts, scores_for
-from .reference import ref_budget, ref_soft_nms, tokens_of
+from .draw import layouts, select, selector_inputs, soft_nms_selector
+from .reference import assert_matches_ref_soft_nms, ref_budget
 
 
 def _run_soft_nms(layout, scores, keys, keep, radius, sigma_d, sigma_s):
-    decays = tuple(
-        d for d in ((SpatialDecay(sigma_d) if sigma_d else None), (SimilarityDecay(sigma_s) if sigma_s else None)) if d
-    )
-    pruner = tokenprune.Pruner(_Given(scores), (), SoftNMS(radius=radius, decays=decays), keep=keep)
-    return pruner(Cues(layout, keys=keys))
-
-
-class _Given(tokenprune.strategies.base.Score):
-    """A score stage that returns fixed scores (to test selectors on chosen inputs)."""
-
-    name = "given"
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def __call__(self, cues):
-        return self.scores
+    return select(layout, scores, keys, keep, soft_nms_selector(radius, sigma_d, sigma_s))
 
 
 def _check_against_reference(layout, scores, keys, keep, radius, sigma_d, sigma_s):
     selection = _run_soft_nms(layout, scores, keys, keep, radius, sigma_d, sigma_s)
-    for b in range(layout.batch_size):
-        tokens = tokens_of(layout, b)
-        k = ref_budget(keep, int(layout.valid[b].sum()))
-        expected, expected_scores = ref_soft_nms(
-            scores[b].tolist(), tokens, keys[b], k, radius, sigma_d, sigma_s
-        )
-        got = [i for i in selection.indices[b].tolist() if i >= 0]
-        assert got == expected
-        valid = layout.valid[b]
-        torch.testing.assert_close(
-            selection.scores[b][valid], torch.tensor(expected_scores, dtype=torch.float64)[valid], rtol=1e-9, atol=1e-12
-        )
+    assert_matches_ref_soft_nms(selection, layout, scores, keys, keep, radius, sigma_d, sigma_s)
 
 
 @given(data=st.data())
 def test_matches_algorithm_1_float64(data):
-    layout = data.draw(layouts())
-    scores = data.draw(scores_for(layout))
-    keys = data.draw(keys_for(layout))
-    keep = data.draw(keep_values(layout))
+    layout, scores, keys, keep = data.draw(selector_inputs())
     radius = data.draw(st.sampled_from([5.0, 1.5, 2.0, None]))
     sigma_d = data.draw(st.sampled_from([1.5, 0.7, None]))
     sigma_s = data.draw(st.sampled_from([0.05, 0.5, None]))
@@ -68,10 +37,7 @@ def test_matches_algorithm_1_float64(data):
 
 @given(data=st.data())
 def test_ties_take_the_first_index(data):
-    layout = data.draw(layouts(max_batch=2))
-    scores = data.draw(scores_for(layout, ties=True))
-    keys = data.draw(keys_for(layout))
-    keep = data.draw(keep_values(layout))
+    layout, scores, keys, keep = data.draw(selector_inputs(layouts(max_batch=2), ties=True))
     with compile_mode(False):
         _check_against_reference(layout, scores, keys, keep, 5.0, 1.5, 0.05)
 
@@ -79,10 +45,7 @@ def test_ties_take_the_first_index(data):
 @settings(max_examples=6)
 @given(data=st.data())
 def test_compiled_matches_reference(data):
-    layout = data.draw(layouts(max_batch=2))
-    scores = data.draw(scores_for(layout))
-    keys = data.draw(keys_for(layout, dim=4))
-    keep = data.draw(keep_values(layout))
+    layout, scores, keys, keep = data.draw(selector_inputs(layouts(max_batch=2), dim=4))
     with compile_mode(True):
         _check_against_reference(layout, scores, keys, keep, 5.0, 1.5, 0.05)
 
@@ -100,10 +63,7 @@ def test_low_precision_scores_run_in_float32(dtype):
 
 @given(data=st.data())
 def test_invariants(data):
-    layout = data.draw(layouts())
-    scores = data.draw(scores_for(layout, dtype=torch.float32))
-    keys = data.draw(keys_for(layout, dtype=torch.float32))
-    keep = data.draw(keep_values(layout))
+    layout, scores, keys, keep = data.draw(selector_inputs(dtype=torch.float32))
     with compile_mode(False):
         selection = _run_soft_nms(layout, scores, keys, keep, 5.0, 1.5, 0.05)
     for b in range(layout.batch_size):

@@ -14,27 +14,12 @@ from tokenprune import Cues, Layout
 from tokenprune.compile import compile_mode
 from tokenprune.errors import CueError
 from tokenprune.strategies import soft_nms, soft_nms_cpu
-from tokenprune.strategies.soft_nms import SimilarityDecay, SoftNMS, SpatialDecay, TemporalDecay
+from tokenprune.strategies.soft_nms import SoftNMS, SpatialDecay, TemporalDecay
 
+from .draw import Given as _Given
 from .draw import keep_values, keys_for, layouts, scores_for
-from .reference import ref_budget, ref_soft_nms, tokens_of
-
-
-class _Given(tokenprune.strategies.base.Score):
-    """A score stage that returns fixed scores."""
-
-    name = "given"
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def __call__(self, cues):
-        return self.scores
-
-
-def _selector(radius, sigma_d, sigma_s):
-    decays = tuple(d for d in (SpatialDecay(sigma_d) if sigma_d else None, SimilarityDecay(sigma_s) if sigma_s else None) if d)
-    return SoftNMS(radius=radius, decays=decays)
+from .draw import soft_nms_selector as _selector
+from .reference import assert_matches_ref_soft_nms, ref_budget, ref_soft_nms, tokens_of
 
 
 def _select(layout, scores, keys, keep, selector, native: bool):
@@ -76,15 +61,7 @@ def test_kernel_matches_algorithm_1_float64(data):
     sigma_d = data.draw(st.sampled_from([1.5, 0.7, None]))
     sigma_s = data.draw(st.sampled_from([0.05, 0.5, None]))
     selection = _select(layout, scores, keys, keep, _selector(radius, sigma_d, sigma_s), native=True)
-    for b in range(layout.batch_size):
-        tokens = tokens_of(layout, b)
-        k = ref_budget(keep, int(layout.valid[b].sum()))
-        expected, expected_scores = ref_soft_nms(scores[b].tolist(), tokens, keys[b], k, radius, sigma_d, sigma_s)
-        assert [i for i in selection.indices[b].tolist() if i >= 0] == expected
-        valid = layout.valid[b]
-        torch.testing.assert_close(
-            selection.scores[b][valid], torch.tensor(expected_scores, dtype=torch.float64)[valid], rtol=1e-9, atol=1e-12
-        )
+    assert_matches_ref_soft_nms(selection, layout, scores, keys, keep, radius, sigma_d, sigma_s)
 
 
 @settings(max_examples=25)

@@ -13,57 +13,24 @@ import tokenprune
 from tokenprune import Cues, Layout
 from tokenprune.compile import compile_mode
 from tokenprune.errors import LayoutError, SpecError
-from tokenprune.strategies.soft_nms import SimilarityDecay, SoftNMS, SpatialDecay, TemporalDecay
+from tokenprune.strategies.soft_nms import TemporalDecay
 
-from .draw import keep_values, keys_for, layouts, scores_for, video_layouts
-from .reference import ref_budget, ref_soft_nms, tokens_of
-
-
-class _Given(tokenprune.strategies.base.Score):
-    name = "given"
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def __call__(self, cues):
-        return self.scores
+from .draw import select, selector_inputs, soft_nms_selector, video_layouts
+from .reference import assert_matches_ref_soft_nms
 
 
 def _select(layout, scores, keys, keep, radius, sigma_d, sigma_s, sigma_t, frames):
-    decays = []
-    if sigma_d:
-        decays.append(SpatialDecay(sigma_d))
-    if sigma_s:
-        decays.append(SimilarityDecay(sigma_s))
-    if sigma_t:
-        decays.append(TemporalDecay(sigma_t, frames))
-    selector = SoftNMS(radius=radius, decays=tuple(decays))
-    return tokenprune.Pruner(_Given(scores), (), selector, keep=keep)(Cues(layout, keys=keys))
+    return select(layout, scores, keys, keep, soft_nms_selector(radius, sigma_d, sigma_s, sigma_t, frames))
 
 
 def _check(layout, scores, keys, keep, radius, sigma_d, sigma_s, sigma_t, frames):
     selection = _select(layout, scores, keys, keep, radius, sigma_d, sigma_s, sigma_t, frames)
-    for b in range(layout.batch_size):
-        k = ref_budget(keep, int(layout.valid[b].sum()))
-        expected, expected_scores = ref_soft_nms(
-            scores[b].tolist(), tokens_of(layout, b), keys[b], k, radius, sigma_d, sigma_s, sigma_t, frames
-        )
-        assert [i for i in selection.indices[b].tolist() if i >= 0] == expected
-        valid = layout.valid[b]
-        torch.testing.assert_close(
-            selection.scores[b][valid],
-            torch.tensor(expected_scores, dtype=torch.float64)[valid],
-            rtol=1e-9,
-            atol=1e-12,
-        )
+    assert_matches_ref_soft_nms(selection, layout, scores, keys, keep, radius, sigma_d, sigma_s, sigma_t, frames)
 
 
 @given(data=st.data())
 def test_temporal_matches_reference(data):
-    layout = data.draw(video_layouts())
-    scores = data.draw(scores_for(layout))
-    keys = data.draw(keys_for(layout))
-    keep = data.draw(keep_values(layout))
+    layout, scores, keys, keep = data.draw(selector_inputs(video_layouts()))
     radius = data.draw(st.sampled_from([5.0, 1.5, None]))
     sigma_d = data.draw(st.sampled_from([1.5, None]))
     sigma_s = data.draw(st.sampled_from([0.05, 0.5, None]))
@@ -76,10 +43,7 @@ def test_temporal_matches_reference(data):
 @settings(max_examples=4)
 @given(data=st.data())
 def test_compiled_temporal_matches_reference(data):
-    layout = data.draw(video_layouts(max_batch=2))
-    scores = data.draw(scores_for(layout))
-    keys = data.draw(keys_for(layout, dim=4))
-    keep = data.draw(keep_values(layout))
+    layout, scores, keys, keep = data.draw(selector_inputs(video_layouts(max_batch=2), dim=4))
     with compile_mode(True):
         _check(layout, scores, keys, keep, 5.0, 1.5, 0.05, 1.0, 1)
 
@@ -88,10 +52,7 @@ def test_compiled_temporal_matches_reference(data):
 def test_image_only_layouts_are_unchanged(data):
     """Without region_frames (every layout an image adapter builds), adding the temporal
     term changes neither the kept tokens nor the final scores."""
-    layout = data.draw(layouts())
-    scores = data.draw(scores_for(layout))
-    keys = data.draw(keys_for(layout))
-    keep = data.draw(keep_values(layout))
+    layout, scores, keys, keep = data.draw(selector_inputs())
     radius = data.draw(st.sampled_from([5.0, None]))
     with compile_mode(False):
         plain = _select(layout, scores, keys, keep, radius, 1.5, 0.05, None, 1)

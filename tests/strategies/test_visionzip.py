@@ -12,20 +12,8 @@ from hypothesis import strategies as st
 import tokenprune
 from tokenprune import Cues, Layout, SpecError
 
-from .draw import keep_values, layouts
+from .draw import keep_values, layouts, select
 from .reference import ref_budget
-
-
-class _Given(tokenprune.Score):
-    """Fixed scores (the dominant criterion)."""
-
-    name = "given"
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def __call__(self, cues):
-        return self.scores
 
 
 def ref_visionzip(scores, keys, valid, k, share, merge):
@@ -71,7 +59,7 @@ def test_matches_the_procedure_float64(data):
     share = data.draw(st.sampled_from([0.15625, 0.5, 0.0, 0.9]))
     merge = data.draw(st.sampled_from(["code", "mean"]))
     selector = tokenprune.pruner(f"uniform | visionzip(contextual={share}, merge={merge!r})", keep=1).selector
-    selection = tokenprune.Pruner(_Given(scores), (), selector, keep=keep)(Cues(layout, keys=keys))
+    selection = select(layout, scores, keys, keep, selector)
     for b in range(layout.batch_size):
         valid = layout.valid[b].tolist()
         kept, groups = ref_visionzip(scores[b].tolist(), keys[b], valid, ref_budget(keep, sum(valid)), share, merge)
