@@ -51,6 +51,7 @@ from transformers import (
 )
 
 import tokenprune
+from tokenprune.model_configs import clip_vision_config
 
 IMAGE_TOKEN = 32000
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -100,14 +101,7 @@ def text_config(size: Size) -> LlamaConfig:
 
 def vision_config() -> CLIPVisionConfig:
     # A small tower: the timed prefill starts from encoded features anyway.
-    return CLIPVisionConfig(
-        image_size=336,
-        patch_size=14,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-    )
+    return clip_vision_config(hidden_size=64, layers=2, heads=2)
 
 
 def build(kind: str, size: Size) -> torch.nn.Module:
