@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -311,6 +312,24 @@ def num_image_tokens(
 
 
 # ------------------------------------------------------------------------ batches
+def _random_text(generator: torch.Generator, text_len: int) -> list[int]:
+    """A run of text tokens of seeded random length in ``[1, text_len]``."""
+    n = int(torch.randint(1, text_len + 1, (1,), generator=generator))
+    return torch.randint(_TEXT_LOW, _TEXT_HIGH, (n,), generator=generator).tolist()
+
+
+def _left_padded(prompts: list[list[int]]) -> dict[str, Tensor]:
+    """``input_ids`` and ``attention_mask`` ``(B, L)`` of the prompts, left-padded with
+    `PAD_ID` as the processors pad for generation."""
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for b, ids in enumerate(prompts):
+        input_ids[b, length - len(ids) :] = torch.tensor(ids)
+        attention_mask[b, length - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 @dataclass
 class TinyBatch:
     """A padded batch of prompts for a tiny model.
@@ -382,9 +401,7 @@ def make_batch(
     image_token = model.config.image_token_id
     generator = torch.Generator().manual_seed(seed)
 
-    def text() -> list[int]:
-        n = int(torch.randint(1, text_len + 1, (1,), generator=generator))
-        return torch.randint(_TEXT_LOW, _TEXT_HIGH, (n,), generator=generator).tolist()
+    text = partial(_random_text, generator, text_len)
 
     prompts, counts, sizes = [], [], []
     for sample in images:
@@ -399,13 +416,7 @@ def make_batch(
         counts.append(count)
         sizes.append([(int(h), int(w)) for h, w in sample])
 
-    length = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), length), PAD_ID, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for b, ids in enumerate(prompts):
-        input_ids[b, length - len(ids) :] = torch.tensor(ids)
-        attention_mask[b, length - len(ids) :] = 1
-    inputs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    inputs = _left_padded(prompts)
 
     flat = [s for sample in sizes for s in sample]
     extra: dict[str, object] = {}
@@ -470,9 +481,7 @@ def _video_family_batch(
     kind = model.config.model_type
     generator = torch.Generator().manual_seed(seed)
 
-    def text() -> list[int]:
-        n = int(torch.randint(1, text_len + 1, (1,), generator=generator))
-        return torch.randint(_TEXT_LOW, _TEXT_HIGH, (n,), generator=generator).tolist()
+    text = partial(_random_text, generator, text_len)
 
     qwen = kind in QWEN_FAMILIES
     if qwen:
@@ -516,14 +525,9 @@ def _video_family_batch(
         counts.append(count)
         sizes.append([tuple(int(x) for x in v) for v in sample])
 
-    length = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), length), PAD_ID, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for b, ids in enumerate(prompts):
-        input_ids[b, length - len(ids) :] = torch.tensor(ids)
-        attention_mask[b, length - len(ids) :] = 1
-    inputs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    inputs = _left_padded(prompts)
     if qwen:
+        input_ids = inputs["input_ids"]
         inputs["mm_token_type_ids"] = (input_ids == IMAGE_TOKEN_ID).long() + 2 * (input_ids == VIDEO_TOKEN_ID).long()
         if image_grids:
             grid = torch.tensor(image_grids, dtype=torch.long)
