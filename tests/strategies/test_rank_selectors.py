@@ -12,7 +12,7 @@ from tokenprune.strategies.scores import LastScore
 from tokenprune.strategies.selectors import Drop, GridMax, GridRandom, Skip, TopK
 from tokenprune.strategies.transforms import AvgPool, Gaussian
 
-from .draw import keep_values, layouts, scores_for
+from .draw import Given, keep_values, layouts, scores_for
 from .reference import (
     ref_avg_pool,
     ref_budget,
@@ -22,11 +22,10 @@ from .reference import (
     ref_top_k,
     tokens_of,
 )
-from .test_soft_nms import _Given
 
 
 def _select(selector, layout, scores, keep, transforms=(), generator=None):
-    return tokenprune.Pruner(_Given(scores), transforms, selector, keep=keep)(Cues(layout, generator=generator))
+    return tokenprune.Pruner(Given(scores), transforms, selector, keep=keep)(Cues(layout, generator=generator))
 
 
 def _rows(selection):
