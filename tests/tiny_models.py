@@ -132,11 +132,15 @@ def _text(layers: int = 4, **extra) -> dict:
     )
 
 
+def _llama_text() -> LlamaConfig:
+    return LlamaConfig(**_text())
+
+
 def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
     """A llava-1.5-shaped `LlavaForConditionalGeneration`: 576 visual tokens per image
     (vision layer -2, CLS dropped), 4 Llama layers of width 64, eval mode."""
     torch.manual_seed(seed)
-    config = llava_config(_clip_vision(), LlamaConfig(**_text()), IMAGE_TOKEN_ID)
+    config = llava_config(_clip_vision(), _llama_text(), IMAGE_TOKEN_ID)
     return LlavaForConditionalGeneration(config).eval()
 
 
@@ -158,7 +162,7 @@ def tiny_llava_next(
     pinpoints = [list(p) for p in (image_grid_pinpoints or LLAVA_NEXT_PINPOINTS)]
     config = LlavaNextConfig(
         vision_config=_clip_vision(),
-        text_config=LlamaConfig(**_text()) if sliding_window is None else _mistral_text(sliding_window),
+        text_config=_llama_text() if sliding_window is None else _mistral_text(sliding_window),
         image_token_index=IMAGE_TOKEN_ID,
         image_grid_pinpoints=pinpoints,
     )
