@@ -98,7 +98,7 @@ def _build(compiler: str, source: Path, defines: tuple[str, ...], target: Path) 
         # A private file renamed into place: a concurrent process never loads half a library.
         fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".so")
         os.close(fd)
-        cmd = [compiler, *flags, "-fPIC", "-shared", *defines, "-o", partial, str(source), "-lm"]
+        cmd = [compiler, *flags, "-fPIC", "-shared", "-pthread", *defines, "-o", partial, str(source), "-lm"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
+from unittest import mock
 
 import pytest
 import torch
@@ -211,3 +213,53 @@ def test_more_entries_than_the_kernel_indexes_run_the_torch_steps(monkeypatch, e
 def test_set_native_validates():
     with pytest.raises(TypeError, match="enabled: expected a bool"):
         soft_nms_cpu.set_native(1)
+
+
+@contextmanager
+def _torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@settings(max_examples=15)
+@given(data=st.data(), threads=st.integers(2, 4))
+def test_threads_change_no_bit(data, threads):
+    # With threads the samples of a batch (B > 1) or one sample's final factors (B = 1)
+    # are shared out; every value is the same bit for bit, and equals the torch steps'.
+    layout = data.draw(layouts(max_batch=3, max_side=12))
+    score_dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    scores = data.draw(scores_for(layout)).to(score_dtype)
+    keys = data.draw(keys_for(layout, dim=data.draw(st.integers(1, 40))))
+    keep = data.draw(keep_values(layout))
+    selector = _selector(5.0, 1.5, 0.5)
+    with mock.patch.object(soft_nms_cpu, "THREAD_WORK", 0):  # small inputs take the threaded paths
+        with _torch_threads(1):
+            one = _select(layout, scores, keys, keep, selector, native=True)
+            assert soft_nms_cpu.last_threads == 1
+        with _torch_threads(threads):
+            shared = _select(layout, scores, keys, keep, selector, native=True)
+            used = soft_nms_cpu.last_threads
+    assert used == (min(threads, layout.batch_size) if layout.batch_size > 1 else threads)
+    assert torch.equal(shared.indices, one.indices)
+    assert torch.equal(shared.mask, one.mask)
+    assert torch.equal(shared.scores, one.scores)
+    steps = _select(layout, scores, keys, keep, selector, native=False)
+    assert torch.equal(shared.indices, steps.indices)
+
+
+def test_threads_start_only_for_large_calls():
+    # At (N, D, K) = (576, 4096, 57) the work (57 x 81 x 4096) is above THREAD_WORK; with a
+    # small D it is not, and the call stays on this thread.
+    layout = Layout.grid(24, 24)
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(1, 576, generator=g)
+    selector = _selector(5.0, 1.5, 0.05)
+    with _torch_threads(2):
+        for dim, expected in ((4096, 2), (16, 1)):
+            keys = torch.randn(1, 1, dim, generator=g) + 0.25 * torch.randn(1, 576, dim, generator=g)
+            _select(layout, scores, keys, 57, selector, native=True)
+            assert soft_nms_cpu.last_threads == expected

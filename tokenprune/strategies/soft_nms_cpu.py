@@ -80,6 +80,9 @@ class _Args(ctypes.Structure):
         ("indices", ctypes.c_void_p),
         ("kept_most", ctypes.c_void_p),
         ("max_entries", ctypes.c_int64),
+        ("threads", ctypes.c_int64),
+        ("thread_work", ctypes.c_int64),
+        ("threads_used", ctypes.c_void_p),
     ]
 
 
@@ -127,6 +130,15 @@ NO_MEMORY, NEGATIVE_SCORE, TOO_LARGE = 1, 2, 3
 #: beyond it (a huge radius on a huge region) the torch steps run.
 MAX_ENTRIES = 2**31 - 1
 
+#: Below this many multiply-adds (kept tokens x window x D) a call runs on one thread:
+#: starting threads would cost more than it saves. Above it the call uses
+#: ``torch.get_num_threads()`` threads: the samples of a batch, or one sample's final
+#: factors, are shared out (the result is the same bit for bit).
+THREAD_WORK = 1 << 24
+
+#: Threads the last call ran on (benchmarks and tests read it).
+last_threads = 1
+
 
 def run(
     scores: Tensor,
@@ -158,7 +170,7 @@ def run(
     out = scores.contiguous().clone()
     mask = torch.empty(b, n, dtype=torch.bool)
     indices = torch.empty(b, n, dtype=torch.long)
-    most = torch.zeros(1, dtype=torch.long)
+    counts = torch.zeros(2, dtype=torch.long)  # the most kept by a sample, the threads used
     budget = budget.contiguous()
     valid = layout.valid.contiguous()
     regions = layout.regions.contiguous()
@@ -173,16 +185,19 @@ def run(
         b, n, keys.shape[-1] if keys is not None else 0, shapes.shape[1],
         budget.data_ptr(), valid.data_ptr(), regions.data_ptr(), coords.data_ptr(), shapes.data_ptr(),
         key_batch, key_row, radius, spatial_sigma or 0.0, similarity_sigma or 0.0,
-        mask.data_ptr(), indices.data_ptr(), most.data_ptr(), MAX_ENTRIES,
+        mask.data_ptr(), indices.data_ptr(), counts.data_ptr(), MAX_ENTRIES,
+        torch.get_num_threads(), THREAD_WORK, counts.data_ptr() + counts.element_size(),
     )  # fmt: skip
     status = fn(ctypes.byref(args), out.data_ptr(), keys.data_ptr() if keys is not None else None)
+    global last_threads
+    most, last_threads = counts.tolist()
     if status == NEGATIVE_SCORE:
         raise negative_score_error(scores, layout.valid)
     if status == TOO_LARGE:
         return None
     if status == NO_MEMORY:
         raise MemoryError("soft_nms CPU kernel: out of memory")
-    return indices[:, : int(most[0])], mask, out
+    return indices[:, :most], mask, out
 
 
 def negative_score_error(scores: Tensor, valid: Tensor) -> CueError:
