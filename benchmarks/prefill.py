@@ -475,6 +475,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--points", action="store_true", help='layer="input" vs layer=2 (LLaVA, keep 0.1)'
     )
+    parser.add_argument(
+        "--kinds", default=None, help="only these images, comma-separated: llava, llava_next"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -494,6 +497,11 @@ def main(argv: list[str] | None = None) -> None:
         points_main(size, repeats, args.warmup, keep=0.1)
         return
     kinds = ["llava"] if args.quick else ["llava", "llava_next"]
+    if args.kinds:
+        kinds = args.kinds.split(",")
+        for kind in kinds:
+            if kind not in ("llava", "llava_next"):
+                parser.error(f"--kinds: expected llava or llava_next, got {kind!r}")
     configs = [Config("unpruned", None), Config("fastv", 1.0)]
     keeps = [float(k) for k in args.keeps.split(",")]
     configs += [Config(m, k) for k in keeps for m in ("fastv", "adaptprune")]
