@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tokenprune
 from tokenprune import CueError, Cues, Layout, LayoutError, SpecError
@@ -60,6 +62,52 @@ def test_keys_whose_norm_overflows():
         tokenprune.pruner("adaptprune", keep=3)(cues)
     keys[0, 6] = 1e15  # large but its norm fits: accepted
     assert tokenprune.pruner("adaptprune", keep=3)(cues).counts.tolist() == [3]
+
+
+def test_keys_whose_norm_fits_only_just_are_accepted():
+    # Above the one-pass bound (D * max^2 <= max float / 2), the per-token check decides.
+    keys = torch.randn(1, 9, 4)
+    keys[0, 6] = 8e18  # 4 * 6.4e37 = 2.6e38 < 3.4e38
+    cues = Cues(Layout.grid(3, 3), attention=torch.rand(1, 9), keys=keys)
+    assert tokenprune.pruner("adaptprune", keep=3)(cues).counts.tolist() == [3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("where", [(0, 0, 0), (1, 37, 517), (1, 49, 999)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_one_bad_key_entry_anywhere_in_wide_keys(dtype, where, bad):
+    keys = torch.randn(2, 50, 1000).to(dtype)  # long enough for every vectorised loop and its tail
+    keys[where] = bad
+    cues = Cues(Layout.grid(5, 10, batch=2), attention=torch.rand(2, 50), keys=keys)
+    with pytest.raises(CueError, match=f"keys: expected finite values.*sample {where[0]}, token {where[1]}"):
+        tokenprune.pruner("adaptprune", keep=3)(cues)
+
+
+@given(
+    signs=st.lists(st.sampled_from([1.0, -1.0, 0.0]), min_size=2 * 4 * 3, max_size=2 * 4 * 3),
+    scale=st.sampled_from([1.0, 8e18, 1.2e19, 1.5e19, 3e19, 1e150]),
+    bad=st.lists(st.tuples(st.integers(0, 2 * 4 * 3 - 1), st.sampled_from([float("nan"), float("inf"), -float("inf")])), max_size=2),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    ragged=st.booleans(),
+)
+def test_the_key_check_refuses_exactly_what_the_per_token_rule_refuses(signs, scale, bad, dtype, ragged):
+    """Refused iff a valid token has a NaN/inf entry or an L2 norm (in float32 at least)
+    that overflows; padding is never looked at."""
+    values = [sign * scale for sign in signs]
+    for i, value in bad:
+        values[i] = value
+    keys = torch.tensor(values, dtype=torch.float64).view(2, 4, 3).to(dtype)
+    layout = Layout.stack([Layout.grid(1, 2 if ragged else 4), Layout.grid(2, 2)])
+    norm = torch.linalg.vector_norm(keys, dim=-1, dtype=torch.promote_types(dtype, torch.float32))
+    refused = ((~torch.isfinite(keys).all(-1) | ~torch.isfinite(norm)) & layout.valid).any()
+    cues = Cues(layout, attention=torch.rand(2, 4), keys=keys)
+    try:
+        tokenprune.pruner("adaptprune", keep=1)(cues)
+    except CueError as exc:
+        assert bool(refused), exc
+        assert str(exc).startswith("keys: expected")
+    else:
+        assert not bool(refused)
 
 
 def test_nan_on_padding_is_ignored():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -125,7 +126,7 @@ class Pruner:
         for t in self.transforms:
             scores = t(scores, cues)
             _check_scores("transform", t, scores, cues, public)
-        scores = scores.masked_fill(~valid, float("-inf"))
+        scores = torch.where(valid, scores, float("-inf"))
         selection = self.selector(scores, cues, budget)
         check_selection(self.selector, selection, valid, budget if self.selector.uses_budget else None)
         return selection
@@ -133,6 +134,8 @@ class Pruner:
 
 def _as_compute(scores: Tensor) -> Tensor:
     # Scores and decay arithmetic run in float32 at least (float64 stays float64).
+    if scores.dtype in (torch.float32, torch.float64):
+        return scores
     return scores.to(torch.promote_types(scores.dtype, torch.float32))
 
 
@@ -144,6 +147,8 @@ def _check_stage(arg: str, stage: object, kind: type) -> None:
 def _check_finite(name: str, value: Tensor, valid: Tensor) -> None:
     """Raise if ``value`` (``(B, N)`` or ``(B, N, D)``) has a NaN/inf at a valid token, or,
     for ``(B, N, D)`` cues, a vector whose L2 norm overflows (cosines would be NaN)."""
+    if _surely_finite(value):
+        return
     overflow = None
     if value.dim() == 3:
         # One fast pass: the norm is NaN/inf whenever an entry is, or when it overflows.
@@ -162,6 +167,23 @@ def _check_finite(name: str, value: Tensor, valid: Tensor) -> None:
             f"{name}: expected vectors whose L2 norm fits in {norm.dtype}, got one that overflows "
             f"(first at sample {b}, token {n}, largest entry {float(value[b, n]):.3g}); rescale the cue"
         )
+
+
+def _surely_finite(value: Tensor) -> bool:
+    """True when one read of ``value`` shows every entry finite and, for ``(B, N, D)``,
+    every vector's L2 norm sure to fit its float type (``D * max|entry|^2`` at most half
+    its largest value); False leaves the verdict to the exact per-token check, which also
+    forgives padding. ``aminmax`` propagates NaN and shows +-inf, without a temporary
+    of ``value``'s size."""
+    if value.numel() == 0:
+        return True
+    low, high = torch.stack(torch.aminmax(value)).tolist()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return False
+    if value.dim() != 3:
+        return True
+    wide = torch.promote_types(value.dtype, torch.float32)
+    return max(-low, high) <= math.sqrt(torch.finfo(wide).max / (2 * value.shape[-1]))
 
 
 def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues, public: bool) -> None:

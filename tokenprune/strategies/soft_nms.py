@@ -336,6 +336,10 @@ class SoftNMS(Selector):
         return tuple(d if is_trusted(d) else CheckedDecay(d) for d in self.decays)
 
     @functools.cached_property
+    def _needs_keys(self) -> bool:
+        return "keys" in self.all_requires()
+
+    @functools.cached_property
     def _native_sigmas(self) -> tuple[float | None, float | None] | None:
         """(spatial, similarity) sigmas where the decays are at most one of each of the
         two built-in terms (what the CPU kernel computes), else None."""
@@ -368,7 +372,7 @@ class SoftNMS(Selector):
         layout = cues.layout
         dtype = scores.dtype
         keys = inv = None
-        if "keys" in self.all_requires():
+        if self._needs_keys:
             keys = cues.require("keys", self.name)
         sigmas = self._native_sigmas
         if sigmas is not None and soft_nms_cpu.applies(scores, keys):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tokenprune._layout_memo import layout_memo
 from tokenprune.compile import compile_enabled
 from tokenprune.errors import CueError
 from tokenprune.layout import Layout
@@ -167,15 +168,13 @@ def run(
     if fn is None:
         return None
     b, n = scores.shape
-    out = scores.contiguous().clone()
+    # The kernel suppresses in place: a contiguous copy, never the caller's scores.
+    out = scores.clone(memory_format=torch.contiguous_format)
     mask = torch.empty(b, n, dtype=torch.bool)
     indices = torch.empty(b, n, dtype=torch.long)
-    counts = torch.zeros(2, dtype=torch.long)  # the most kept by a sample, the threads used
+    counts = (ctypes.c_int64 * 2)()  # the most kept by a sample, the threads used
     budget = budget.contiguous()
-    valid = layout.valid.contiguous()
-    regions = layout.regions.contiguous()
-    coords = layout.coords.to(torch.float64).contiguous()
-    shapes = layout.region_shapes.contiguous()
+    valid, regions, coords, shapes = layout_memo(layout, "soft_nms_cpu", lambda: _layout_inputs(layout))
     key_batch = key_row = 0
     if keys is not None:
         if keys.stride(-1) != 1:
@@ -185,12 +184,12 @@ def run(
         b, n, keys.shape[-1] if keys is not None else 0, shapes.shape[1],
         budget.data_ptr(), valid.data_ptr(), regions.data_ptr(), coords.data_ptr(), shapes.data_ptr(),
         key_batch, key_row, radius, spatial_sigma or 0.0, similarity_sigma or 0.0,
-        mask.data_ptr(), indices.data_ptr(), counts.data_ptr(), MAX_ENTRIES,
-        torch.get_num_threads(), THREAD_WORK, counts.data_ptr() + counts.element_size(),
+        mask.data_ptr(), indices.data_ptr(), ctypes.addressof(counts), MAX_ENTRIES,
+        torch.get_num_threads(), THREAD_WORK, ctypes.addressof(counts) + ctypes.sizeof(ctypes.c_int64),
     )  # fmt: skip
     status = fn(ctypes.byref(args), out.data_ptr(), keys.data_ptr() if keys is not None else None)
     global last_threads
-    most, last_threads = counts.tolist()
+    most, last_threads = counts
     if status == NEGATIVE_SCORE:
         raise negative_score_error(scores, layout.valid)
     if status == TOO_LARGE:
@@ -198,6 +197,17 @@ def run(
     if status == NO_MEMORY:
         raise MemoryError("soft_nms CPU kernel: out of memory")
     return indices[:, :most], mask, out
+
+
+def _layout_inputs(layout: Layout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The layout's tensors as the kernel reads them: ``valid``, ``regions``, ``coords`` in
+    float64 and ``region_shapes``, each contiguous."""
+    return (
+        layout.valid.contiguous(),
+        layout.regions.contiguous(),
+        layout.coords.to(torch.float64).contiguous(),
+        layout.region_shapes.contiguous(),
+    )
 
 
 def negative_score_error(scores: Tensor, valid: Tensor) -> CueError:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tokenprune._layout_memo import layout_memo
 from tokenprune.cues import Cues
 from tokenprune.errors import SpecError
 from tokenprune.layout import Layout
@@ -63,7 +64,11 @@ class Gaussian(Transform):
             raise SpecError(f"gaussian sigma: expected a positive number of cells or None, got {self.sigma!r}")
 
     def __call__(self, scores: Tensor, cues: Cues) -> Tensor:
-        return scores * gaussian_map(cues.layout, self.sigma).to(scores.dtype)
+        layout = cues.layout
+        factor = layout_memo(
+            layout, ("gaussian", self.sigma, scores.dtype), lambda: gaussian_map(layout, self.sigma).to(scores.dtype)
+        )
+        return scores * factor
 
 
 def _useful_size(size: int, region_shapes: Tensor) -> int:

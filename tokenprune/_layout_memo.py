@@ -1,0 +1,77 @@
+"""Values derived from a `Layout`, remembered per layout object while its tensors stay the same.
+
+A pruner called again on one layout (a batch pruned with several pruners, a benchmark, a
+picture) reads its per-layout values (the Gaussian correction, the C kernel's inputs)
+instead of rebuilding them from a few dozen small tensor ops at every call. A remembered
+value is used only while every tensor of the layout is the same object at the same
+version (torch's in-place version counter, the one autograd checks): an in-place write
+such as ``layout.valid[0, 3] = False`` recomputes it. Writes that bypass the version
+counter (through ``tensor.data`` or a NumPy view) are not seen; layouts of inference
+tensors (made under ``torch.inference_mode``, which keeps no version counter) are never
+remembered.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import fields
+from typing import TypeVar
+
+from torch import Tensor
+
+from tokenprune.layout import Layout
+
+__all__ = ["layout_memo"]
+
+T = TypeVar("T")
+
+_FIELDS = tuple(f.name for f in fields(Layout))
+
+
+class _Entry:
+    """The remembered values of one layout and the tensors and versions they came from."""
+
+    __slots__ = ("tensors", "values", "versions")
+
+    def __init__(self, tensors: tuple[Tensor | None, ...], versions: tuple[int, ...]) -> None:
+        self.tensors = tensors  # held, so that an identity check cannot meet a recycled id
+        self.versions = versions
+        self.values: dict[Hashable, object] = {}
+
+
+_entries: weakref.WeakKeyDictionary[Layout, _Entry] = weakref.WeakKeyDictionary()
+
+
+def _versions(tensors: tuple[Tensor | None, ...]) -> tuple[int, ...] | None:
+    """The version of each tensor (-1 for None), or None if one keeps no version counter."""
+    out = []
+    for t in tensors:
+        if t is None:
+            out.append(-1)
+        elif t.is_inference():
+            return None
+        else:
+            out.append(t._version)
+    return tuple(out)
+
+
+def layout_memo(layout: Layout, key: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()``, remembered for ``layout`` under ``key`` while the layout's tensors
+    are unchanged (see the module docstring). ``key`` names what is computed and every
+    argument besides the layout that it depends on; the caller must not modify the value."""
+    tensors = tuple(getattr(layout, name) for name in _FIELDS)
+    versions = _versions(tensors)
+    if versions is None:
+        return compute()
+    entry = _entries.get(layout)
+    if (
+        entry is None
+        or entry.versions != versions
+        or any(a is not b for a, b in zip(entry.tensors, tensors))
+    ):
+        entry = _Entry(tensors, versions)
+        _entries[layout] = entry
+    if key not in entry.values:
+        entry.values[key] = compute()
+    return entry.values[key]  # type: ignore[return-value]
