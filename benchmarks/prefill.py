@@ -181,12 +181,36 @@ def prefill_flops(length: int, short: int, layer: int, size: Size) -> float:
 
 
 # --------------------------------------------------------------------------- running
+#: The keep whose L' the plain model is also timed at (the speedup this machine allows).
+CEILING_KEEP = 0.1
+
+
 def prefill(case: Case) -> Callable[[], None]:
     def run() -> None:
         with torch.inference_mode():
             case.model(**case.inputs)
 
     return run
+
+
+def plain_prefill(case: Case, length: int) -> Callable[[], None]:
+    """The plain model's prefill of a ``length``-token text prompt (no image, no
+    tokenprune): per token, a decoder layer does the same work as over image tokens."""
+    ids = prompt(0, before=length - 1, after=0)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "logits_to_keep": 1, "use_cache": True}
+
+    def run() -> None:
+        with torch.inference_mode():
+            case.model(**inputs)
+
+    return run
+
+
+def ceiling_speedup(unpruned_s: float, plain_s: float, layer: int, size: Size) -> float:
+    """The speedup layer-``layer`` pruning can reach here: layers before K timed at L
+    (the unpruned prefill's share), the rest at L' (the plain model's), per layer."""
+    per_layer_long, per_layer_short = unpruned_s / size.layers, plain_s / size.layers
+    return unpruned_s / (layer * per_layer_long + (size.layers - layer) * per_layer_short)
 
 
 def peak_bytes(fn: Callable[[], None]) -> int:
@@ -214,25 +238,35 @@ def measure(case: Case, configs: list[Config], layer: int, repeats: int, warmup:
     """
 
     def block(config: Config):
-        if config.method == "unpruned":
+        if config.method in ("unpruned", "plain"):
             return contextlib.nullcontext(None)
         return tokenprune.prune(case.model, config.method, keep=config.keep, layer=layer)
 
-    fn = prefill(case)
+    fns = {config: prefill(case) for config in configs}
     peaks: dict[Config, int] = {}
     shorts: dict[Config, int] = {}
     for config in configs:
         with block(config) as run:
             for _ in range(warmup):
-                fn()
-            peaks[config] = peak_bytes(fn)
+                fns[config]()
+            peaks[config] = peak_bytes(fns[config])
             shorts[config] = case.inputs["input_ids"].shape[1] if run is None else run.kept.shape[1]
+    # The plain model (no tokenprune) on a text prompt of fastv's L' at the ceiling keep:
+    # with the unpruned prefill it times a layer at L and at L' on this machine.
+    ceiling = Config("plain", CEILING_KEEP)
+    if Config("fastv", CEILING_KEEP) in shorts:
+        configs = [*configs, ceiling]
+        fns[ceiling] = plain_prefill(case, shorts[Config("fastv", CEILING_KEEP)])
+        for _ in range(warmup):
+            fns[ceiling]()
+        peaks[ceiling] = peak_bytes(fns[ceiling])
+        shorts[ceiling] = shorts[Config("fastv", CEILING_KEEP)]
     times: dict[Config, list[float]] = {c: [] for c in configs}
     for _ in range(repeats):
         for config in configs:
             with block(config):
                 start = time.perf_counter()
-                fn()
+                fns[config]()
                 times[config].append(time.perf_counter() - start)
     return {c: (statistics.median(times[c]), min(times[c]), peaks[c], shorts[c]) for c in configs}
 
@@ -313,6 +347,8 @@ def table(case: Case, results: dict, layer: int, size: Size) -> list[str]:
     base_flops = prefill_flops(length, length, layer, size)
     rows = []
     for config, (seconds, best, peak, short) in results.items():
+        if config.method == "plain":  # not a pruned prefill: see ceiling_lines
+            continue
         ideal = base_flops / prefill_flops(length, short, layer, size)
         speedup = base_time / seconds
         keep = "-" if config.keep is None else f"{config.keep:g}"
@@ -323,6 +359,30 @@ def table(case: Case, results: dict, layer: int, size: Size) -> list[str]:
             f"{peak / 2**20:,.0f} |"
         )
     return rows
+
+
+def ceiling_lines(case: Case, results: dict, layer: int, size: Size) -> list[str]:
+    """The speedup this machine allows at `CEILING_KEEP` (`ceiling_speedup`, from medians
+    and from minimums) and the share of it fastv and adaptprune reach."""
+    plain = results.get(Config("plain", CEILING_KEEP))
+    if plain is None:
+        return []
+    lines = []
+    for stat, at in (("medians", 0), ("minimums", 1)):
+        unpruned = results[Config("unpruned", None)][at]
+        ceiling = ceiling_speedup(unpruned, plain[at], layer, size)
+        reached = ", ".join(
+            f"{method} {100 * unpruned / results[Config(method, CEILING_KEEP)][at] / ceiling:.0f}%"
+            for method in ("fastv", "adaptprune")
+            if Config(method, CEILING_KEEP) in results
+        )
+        lines.append(
+            f"- {case.name}, from {stat}: the plain model (no tokenprune) takes "
+            f"{1e3 * unpruned:,.0f} ms at L = {results[Config('unpruned', None)][3]} and "
+            f"{1e3 * plain[at]:,.0f} ms at L' = {plain[3]}, so pruning at layer {layer} to "
+            f"keep {CEILING_KEEP:g} can reach {ceiling:.2f}x here; reached: {reached}"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------- prune points
@@ -531,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"- {case.name}, from {stat}: overhead at keep 1.0 (fastv) {100 * overhead:+.1f}% "
                 f"of the unpruned prefill; adaptprune vs fastv at keep 0.1 {100 * gap:+.1f}%"
             )
+        summary += ceiling_lines(case, results, args.layer, size)
         if args.parts:
             part_rows += parts(case, args.layer, repeats)
         del case
