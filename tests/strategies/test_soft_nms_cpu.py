@@ -251,9 +251,11 @@ def test_threads_change_no_bit(data, threads):
     assert torch.equal(shared.indices, steps.indices)
 
 
-def test_threads_start_only_for_large_calls():
-    # At (N, D, K) = (576, 4096, 57) the work (57 x 81 x 4096) is above THREAD_WORK; with a
-    # small D it is not, and the call stays on this thread.
+def test_threads_start_only_for_large_calls(monkeypatch):
+    # The work of a call is kept tokens x window x D: at (N, D, K) = (576, 4096, 57)
+    # 57 x 81 x 4096 reaches a THREAD_WORK of that size; with a small D it does not, and
+    # the call stays on this thread.
+    monkeypatch.setattr(soft_nms_cpu, "THREAD_WORK", 57 * 81 * 4096)
     layout = Layout.grid(24, 24)
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(1, 576, generator=g)
