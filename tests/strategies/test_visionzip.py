@@ -95,3 +95,18 @@ def test_bad_arguments():
         tokenprune.pruner("attention | visionzip(contextual=1.5)", keep=64)
     with pytest.raises(SpecError, match="visionzip merge: expected one of 'code', 'mean', got 'sum'"):
         tokenprune.pruner("attention | visionzip(merge='sum')", keep=64)
+
+
+def test_a_sample_without_contextual_tokens_drops_its_remainder_in_a_batch():
+    # Sample 0 keeps 1 of 2 valid tokens (round(1 x 0.15625) = 0 contextual), sample 1
+    # keeps 4 of 8 (1 contextual): sample 0's other token is dropped, not merged into a
+    # target slot it does not have (it once merged into index 7, a padded slot).
+    layout = Layout.stack([Layout.grid(1, 2), Layout.grid(2, 4)])
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(2, 8, 4, generator=g, dtype=torch.float64)
+    scores = torch.rand(2, 8, generator=g, dtype=torch.float64)
+    selector = tokenprune.pruner("uniform | visionzip(contextual=0.15625)", keep=1).selector
+    selection = select(layout, scores, keys, 0.5, selector)
+    kept = int(scores[0, :2].argmax())
+    assert selection.merge_into[0].tolist() == [kept if i == kept else -1 for i in range(2)] + [-1] * 6
+    assert (selection.merge_into[1] >= 0).sum() == 8  # sample 1: 3 dominant + 1 target absorbing 4

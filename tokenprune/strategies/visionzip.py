@@ -89,7 +89,9 @@ class VisionZip(Selector):
         cosine = torch.bmm(feats.x, target_keys.transpose(1, 2))
         cosine = cosine * feats.inv_norm.unsqueeze(2) * torch.gather(feats.inv_norm, 1, slots).unsqueeze(1)
         best = cosine.masked_fill(~present.unsqueeze(1), float("-inf")).argmax(dim=2)  # (B, N)
-        assigned = rest & ~target
+        # A sample without contextual tokens drops its remainder (its argmax over no
+        # target would name a padded slot).
+        assigned = rest & ~target & (contextual > 0).unsqueeze(1)
         into = torch.where(assigned, torch.gather(slots, 1, best), torch.where(kept, rank, -1))
         count = torch.zeros(b, n, dtype=scores.dtype, device=device).scatter_add(
             1, into.clamp(min=0), assigned.to(scores.dtype)
