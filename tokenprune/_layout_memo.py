@@ -13,6 +13,7 @@ remembered.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import fields
@@ -26,7 +27,7 @@ __all__ = ["layout_memo"]
 
 T = TypeVar("T")
 
-_FIELDS = tuple(f.name for f in fields(Layout))
+_tensors = operator.attrgetter(*(f.name for f in fields(Layout)))
 
 
 class _Entry:
@@ -45,31 +46,22 @@ _entries: weakref.WeakKeyDictionary[Layout, _Entry] = weakref.WeakKeyDictionary(
 
 def _versions(tensors: tuple[Tensor | None, ...]) -> tuple[int, ...] | None:
     """The version of each tensor (-1 for None), or None if one keeps no version counter."""
-    out = []
-    for t in tensors:
-        if t is None:
-            out.append(-1)
-        elif t.is_inference():
-            return None
-        else:
-            out.append(t._version)
-    return tuple(out)
+    try:
+        return tuple([-1 if t is None else t._version for t in tensors])
+    except RuntimeError:  # an inference tensor
+        return None
 
 
 def layout_memo(layout: Layout, key: Hashable, compute: Callable[[], T]) -> T:
     """``compute()``, remembered for ``layout`` under ``key`` while the layout's tensors
     are unchanged (see the module docstring). ``key`` names what is computed and every
     argument besides the layout that it depends on; the caller must not modify the value."""
-    tensors = tuple(getattr(layout, name) for name in _FIELDS)
+    tensors = _tensors(layout)
     versions = _versions(tensors)
     if versions is None:
         return compute()
     entry = _entries.get(layout)
-    if (
-        entry is None
-        or entry.versions != versions
-        or any(a is not b for a, b in zip(entry.tensors, tensors))
-    ):
+    if entry is None or entry.versions != versions or not all(map(operator.is_, entry.tensors, tensors)):
         entry = _Entry(tensors, versions)
         _entries[layout] = entry
     if key not in entry.values:

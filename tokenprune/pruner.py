@@ -98,11 +98,13 @@ class Pruner:
                 f"(for {', '.join(needers)}) but Cues has only "
                 f"{', '.join(sorted(cues.available())) or 'none'}"
             )
+        checked = []
         for name in sorted(self.requires):
             value = cues.get(name)
             if value.dim() >= 2 and value.shape[1] == cues.num_tokens:
                 _check_finite(name, value, cues.layout.valid)
-        return self._run(cues, self.budget(cues.layout.num_valid()), public=True)
+                checked.append(value)
+        return self._run(cues, self.budget(cues.layout.num_valid()), tuple(checked))
 
     def budget(self, num_valid: Tensor) -> Tensor:
         """``(B,)`` long: tokens to keep per sample of ``num_valid (B,)`` candidates (zeros
@@ -116,16 +118,18 @@ class Pruner:
         of a schedule from the ORIGINAL visual-token counts) and no checks of the cues or
         of tokenprune's own stages, so the call adds no host sync beyond the stages' own;
         a third-party stage's output is still checked (`tokenprune.stage_checks`)."""
-        return self._run(cues, budget, public=False)
+        return self._run(cues, budget, None)
 
-    def _run(self, cues: Cues, budget: Tensor, public: bool) -> Selection:
+    def _run(self, cues: Cues, budget: Tensor, checked: tuple[Tensor, ...] | None) -> Selection:
+        """The stages in order; ``checked``: the cue tensors the public call checked
+        (None: the engine's trusted call)."""
         valid = cues.layout.valid
         scores = self.score(cues)
-        _check_scores("score", self.score, scores, cues, public)
+        _check_scores("score", self.score, scores, cues, checked)
         scores = _as_compute(scores)
         for t in self.transforms:
             scores = t(scores, cues)
-            _check_scores("transform", t, scores, cues, public)
+            _check_scores("transform", t, scores, cues, checked)
         scores = torch.where(valid, scores, float("-inf"))
         selection = self.selector(scores, cues, budget)
         check_selection(self.selector, selection, valid, budget if self.selector.uses_budget else None)
@@ -186,16 +190,18 @@ def _surely_finite(value: Tensor) -> bool:
     return max(-low, high) <= math.sqrt(torch.finfo(wide).max / (2 * value.shape[-1]))
 
 
-def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues, public: bool) -> None:
+def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues, checked: tuple[Tensor, ...] | None) -> None:
+    trusted = is_trusted(stage)
+    if trusted and checked is None:
+        return  # tokenprune's own stage inside the engine: right by construction
     expected = (cues.batch_size, cues.num_tokens)
-    if not is_trusted(stage):
+    if not trusted:
         check_scores(kind, stage, scores, expected, cues.layout.valid)
         return
-    if not public:
-        return  # tokenprune's own stage inside the engine: right by construction
     if tuple(scores.shape) != expected:
         raise CueError(f"scores from '{stage.name}': expected shape {expected}, got {tuple(scores.shape)}")
-    _check_finite(f"scores from '{stage.name}'", scores, cues.layout.valid)
+    if not any(scores is cue for cue in checked):  # a cue handed on as it is was checked already
+        _check_finite(f"scores from '{stage.name}'", scores, cues.layout.valid)
 
 
 # --------------------------------------------------------------------------- building

@@ -20,7 +20,8 @@ __all__ = ["CheckedDecay", "check_scores", "check_selection", "is_trusted"]
 
 def is_trusted(stage: Stage) -> bool:
     """True for tokenprune's own stages (their outputs are not re-checked)."""
-    return type(stage).__module__.split(".", 1)[0] == "tokenprune"
+    module = type(stage).__module__
+    return module == "tokenprune" or module.startswith("tokenprune.")
 
 
 def _origin(kind: str, stage: Stage) -> str:
