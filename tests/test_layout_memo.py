@@ -10,7 +10,7 @@ import torch
 
 import tokenprune
 from tokenprune import Cues, Layout
-from tokenprune._layout_memo import _entries, layout_memo
+from tokenprune._layout_memo import SLOT, layout_memo
 from tokenprune.compile import compile_mode
 from tokenprune.strategies import soft_nms_cpu
 from tokenprune.strategies.transforms import Gaussian, gaussian_map
@@ -84,7 +84,7 @@ def test_inference_tensors_are_never_remembered():
 def test_the_value_goes_with_its_layout():
     layout = Layout.grid(3, 4)
     value = weakref.ref(layout_memo(layout, "k", lambda: torch.rand(2)))
-    assert layout in _entries and value() is not None
+    assert SLOT in vars(layout) and value() is not None
     del layout
     gc.collect()
     assert value() is None

@@ -8,13 +8,13 @@ version (torch's in-place version counter, the one autograd checks): an in-place
 such as ``layout.valid[0, 3] = False`` recomputes it. Writes that bypass the version
 counter (through ``tensor.data`` or a NumPy view) are not seen; layouts of inference
 tensors (made under ``torch.inference_mode``, which keeps no version counter) are never
-remembered.
+remembered. The engine builds a new layout at every prefill, so there the values are
+computed once per prefill as before; remembering costs a few attribute reads per call.
 """
 
 from __future__ import annotations
 
 import operator
-import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import fields
 from typing import TypeVar
@@ -41,7 +41,9 @@ class _Entry:
         self.values: dict[Hashable, object] = {}
 
 
-_entries: weakref.WeakKeyDictionary[Layout, _Entry] = weakref.WeakKeyDictionary()
+#: The attribute of a `Layout` that holds its `_Entry`: it lives and dies with the layout,
+#: with no weak-reference bookkeeping for the many layouts used once (one per prefill).
+SLOT = "_tokenprune_memo"
 
 
 def _versions(tensors: tuple[Tensor | None, ...]) -> tuple[int, ...] | None:
@@ -60,10 +62,10 @@ def layout_memo(layout: Layout, key: Hashable, compute: Callable[[], T]) -> T:
     versions = _versions(tensors)
     if versions is None:
         return compute()
-    entry = _entries.get(layout)
+    entry = vars(layout).get(SLOT)
     if entry is None or entry.versions != versions or not all(map(operator.is_, entry.tensors, tensors)):
         entry = _Entry(tensors, versions)
-        _entries[layout] = entry
+        vars(layout)[SLOT] = entry  # not a field: Layout is frozen, its fields stay as they are
     if key not in entry.values:
         entry.values[key] = compute()
     return entry.values[key]  # type: ignore[return-value]
