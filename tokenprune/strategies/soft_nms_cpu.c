@@ -110,6 +110,20 @@ static inline tv load_t(const KT *p) {
     memcpy(&f, &bits, sizeof f);
     return __builtin_convertvector(f, tv);
 }
+#elif TP_KEYS == 4 && defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+/* The F16C instruction (compilers otherwise convert _Float16 one value at a time). */
+static inline tv load_t(const KT *p) {
+#ifdef TP_DOUBLE
+    __m128 f = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p));  /* VEC = 4 values */
+    return (tv){f[0], f[1], f[2], f[3]};
+#else
+    __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));  /* VEC = 8 values */
+    tv out;
+    memcpy(&out, &f, sizeof out);
+    return out;
+#endif
+}
 #else
 typedef KT kv __attribute__((vector_size(VEC * sizeof(KT))));
 static inline tv load_t(const KT *p) {
