@@ -293,22 +293,20 @@ static inline void update(int32_t *tree, int64_t p, const T *v, const uint8_t *a
         tree[node] = lead(v, alive, n, tree[2 * node], tree[2 * node + 1]);
 }
 
+/* Token i's norm from its dot with itself, where it was computed. */
+static inline void set_norm(sample_t *s, int64_t i, T self_dot) {
+    s->inv[i] = inverse_norm(self_dot);
+    s->normed[i] = 1;
+}
+
 /* Token i's inverse key norm, computed once. */
 static inline void need_norm(sample_t *s, const KT *keys, int64_t row, int64_t d, int64_t i) {
     if (!s->normed[i]) {
         const KT *key = keys + i * row;
         T self_dot;
         key_dots(key, &key, 1, d, &self_dot);
-        s->inv[i] = inverse_norm(self_dot);
-        s->normed[i] = 1;
+        set_norm(s, i, self_dot);
     }
-}
-
-/* Token i's pending entries into entry[], in step order; returns their number. */
-static int64_t gather(const sample_t *s, int64_t i, int32_t *entry) {
-    int64_t m = 0;
-    for (int32_t e = s->head[i]; e >= 0; e = s->next[e]) entry[m++] = e;
-    return m;
 }
 
 /* Token i's score times (1 - factor) of its m entries, in step order; dots[q] is its
@@ -334,17 +332,12 @@ static void suppress(sample_t *s, T *v, int64_t i, const int32_t *entry, const T
     s->head[i] = -1;
 }
 
-/* Token i's norm from its dot with itself, where it was computed. */
-static inline void set_norm(sample_t *s, int64_t i, T self_dot) {
-    s->inv[i] = inverse_norm(self_dot);
-    s->normed[i] = 1;
-}
-
 /* Apply token i's pending factors. Its key's dots with the kept tokens' keys (and with
  * itself, for its norm) run in one pass over its key. The kept tokens' norms must be
  * known (need_norm at the step that kept them). */
 static void apply(sample_t *s, dots_t *t, T *v, int64_t i, const shared_t *sh, const KT *keys) {
-    const int64_t m = gather(s, i, t->entry);
+    int64_t m = 0;
+    for (int32_t e = s->head[i]; e >= 0; e = s->next[e]) t->entry[m++] = e;  /* in step order */
     if (keys) {
         const int64_t row = sh->a->key_row;
         const KT *key = keys + i * row;
@@ -384,8 +377,8 @@ static void place_tokens(sample_t *s, const shared_t *sh, int64_t b) {
 }
 
 /* The greedy steps of sample b: mask and kept[], with the factors that decided them
- * applied; the others stay pending. Returns the number of steps. */
-static int64_t choose(sample_t *s, dots_t *t, const shared_t *sh, int64_t b) {
+ * applied; the others stay pending. */
+static void choose(sample_t *s, dots_t *t, const shared_t *sh, int64_t b) {
     const soft_nms_args_t *a = sh->a;
     const int64_t n = a->n, p = sh->p, w = sh->w;
     T *v = sh->scores + b * n;
@@ -437,7 +430,6 @@ static int64_t choose(sample_t *s, dots_t *t, const shared_t *sh, int64_t b) {
             s->tail[cand] = e;
         }
     }
-    return a->budget[b];
 }
 
 /* The pending factors of tokens [from, to) of sample b (tokens are independent now). */
