@@ -19,30 +19,27 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 
 import tokenprune
 from tokenprune.strategies import soft_nms_cpu
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from selector_speed import Config, inputs, timed_into  # the same inputs and timer
+
 CALLS = ("engine", "engine, new layout", "public")
-
-
-def inputs(b: int, n: int, d: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention ``(B, N)`` and keys ``(B, N, D)`` as ``selector_speed.py`` makes them (one
-    shared direction plus noise, so that the similarity decay suppresses)."""
-    gen = torch.Generator().manual_seed(n * 31 + d * 7 + b)
-    attention = torch.rand(b, n, generator=gen)
-    keys = torch.randn(b, 1, d, generator=gen) + 0.25 * torch.randn(b, n, d, generator=gen)
-    return attention.to(dtype), keys.to(dtype)
 
 
 def calls(b: int, side: int, d: int, k: int, dtype: torch.dtype) -> dict[str, Callable[[], object]]:
     """The three calls of `CALLS` on one ``side x side`` grid, keeping ``k`` tokens."""
-    attention, keys = inputs(b, side * side, d, dtype)
+    config = Config(side * side, d, k, b, side, side, str(dtype).removeprefix("torch."))
+    attention, keys = inputs(config, "cpu")
     layout = tokenprune.Layout.grid(side, side, batch=b)
     cues = tokenprune.Cues(layout, attention=attention, keys=keys)
     pruner = tokenprune.pruner("adaptprune", keep=k)
@@ -63,17 +60,7 @@ def outside_kernel(fns: dict[str, Callable[[], object]], calls_per_fn: int, roun
         fn()  # builds the kernel, fills what is remembered
     inside: list[float] = []
     real = dict(soft_nms_cpu._functions)
-
-    def timed(fn: Callable[..., int]) -> Callable[..., int]:
-        def run(*args: object) -> int:
-            start = time.perf_counter()
-            status = fn(*args)
-            inside.append(time.perf_counter() - start)
-            return status
-
-        return run
-
-    soft_nms_cpu._functions.update({key: timed(fn) for key, fn in real.items()})
+    soft_nms_cpu._functions.update({key: timed_into(inside, fn) for key, fn in real.items()})
     out: dict[str, list[float]] = {name: [] for name in fns}
     try:
         for _ in range(rounds):

@@ -231,25 +231,27 @@ def methods(
     }
 
 
+def timed_into(inside: list[float], fn: Callable[..., object]) -> Callable[..., object]:
+    """``fn`` that appends the seconds of each of its calls to ``inside``."""
+
+    def timed_fn(*args: object) -> object:
+        start = time.perf_counter()
+        out = fn(*args)
+        inside.append(time.perf_counter() - start)
+        return out
+
+    return timed_fn
+
+
 def outside_graph_s(call: Callable[[], object], device: str, calls: int = 7) -> float:
     """Median host time of one compiled ``call`` spent outside the compiled greedy steps
     or the C kernel (input checks, Gaussian, window set-up, the Selection): the call's
     time minus that of its calls of ``soft_nms._window_steps`` and of the kernel. The
     kernel must have run once before (it is looked up among the built ones)."""
     inside: list[float] = []
-
-    def timing(fn: Callable[..., object]) -> Callable[..., object]:
-        def timed_fn(*args: object) -> object:
-            start = time.perf_counter()
-            out = fn(*args)
-            inside.append(time.perf_counter() - start)
-            return out
-
-        return timed_fn
-
     real_steps, real_kernels = soft_nms._window_steps, dict(soft_nms_cpu._functions)
-    soft_nms._window_steps = timing(real_steps)
-    soft_nms_cpu._functions.update({key: timing(fn) for key, fn in real_kernels.items()})
+    soft_nms._window_steps = timed_into(inside, real_steps)
+    soft_nms_cpu._functions.update({key: timed_into(inside, fn) for key, fn in real_kernels.items()})
     try:
         outside = []
         for _ in range(calls):
