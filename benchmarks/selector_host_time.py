@@ -6,7 +6,8 @@ calls per configuration; this script times many calls, interleaved in rounds, fo
 - ``engine``: the engine's trusted call ``pruner.select(cues, budget)`` on one layout;
 - ``engine, new layout``: the same with a new `Layout` object (the same tensors) at every
   call, as each prefill of the engine builds one: nothing remembered per layout applies;
-- ``public``: ``pruner(cues)``, which also checks its inputs (reads every key once);
+- ``public``: ``pruner(cues)``, which also checks its inputs (the keys inside the kernel,
+  in the pass that reads them);
 
 at B = 1 and B = 8 with float32 and bfloat16 attention and keys. Each call's time minus
 the time of its C kernel call is one sample; the table gives the median and the 10th

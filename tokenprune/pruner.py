@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +10,7 @@ from torch import Tensor
 
 from tokenprune.cues import Cues
 from tokenprune.errors import CueError, SpecError
+from tokenprune.finite import check_finite
 from tokenprune.registry import Recipe, get_registry
 from tokenprune.selection import Keep, Selection, resolve_keep
 from tokenprune.spec import StageSpec, parse_spec
@@ -98,13 +98,16 @@ class Pruner:
                 f"(for {', '.join(needers)}) but Cues has only "
                 f"{', '.join(sorted(cues.available())) or 'none'}"
             )
+        # A cue only the selector reads, and checks itself as it reads it, is not read twice.
+        read_before = self.score.all_requires().union(*(t.all_requires() for t in self.transforms))
+        by_selector = self.selector.self_checked(cues) - read_before
         checked = []
-        for name in sorted(self.requires):
+        for name in sorted(self.requires - by_selector):
             value = cues.get(name)
             if value.dim() >= 2 and value.shape[1] == cues.num_tokens:
-                _check_finite(name, value, cues.layout.valid)
+                check_finite(name, value, cues.layout.valid)
                 checked.append(value)
-        return self._run(cues, self.budget(cues.layout.num_valid()), tuple(checked))
+        return self._run(cues, self.budget(cues.layout.num_valid()), tuple(checked), by_selector)
 
     def budget(self, num_valid: Tensor) -> Tensor:
         """``(B,)`` long: tokens to keep per sample of ``num_valid (B,)`` candidates (zeros
@@ -120,9 +123,11 @@ class Pruner:
         a third-party stage's output is still checked (`tokenprune.stage_checks`)."""
         return self._run(cues, budget, None)
 
-    def _run(self, cues: Cues, budget: Tensor, checked: tuple[Tensor, ...] | None) -> Selection:
+    def _run(
+        self, cues: Cues, budget: Tensor, checked: tuple[Tensor, ...] | None, by_selector: frozenset[str] = frozenset()
+    ) -> Selection:
         """The stages in order; ``checked``: the cue tensors the public call checked
-        (None: the engine's trusted call)."""
+        (None: the engine's trusted call); ``by_selector``: the cues the selector checks."""
         valid = cues.layout.valid
         scores = self.score(cues)
         _check_scores("score", self.score, scores, cues, checked)
@@ -131,7 +136,10 @@ class Pruner:
             scores = t(scores, cues)
             _check_scores("transform", t, scores, cues, checked)
         scores = torch.where(valid, scores, float("-inf"))
-        selection = self.selector(scores, cues, budget)
+        if by_selector:
+            selection = self.selector.checked_call(scores, cues, budget, by_selector)
+        else:
+            selection = self.selector(scores, cues, budget)
         check_selection(self.selector, selection, valid, budget if self.selector.uses_budget else None)
         return selection
 
@@ -148,50 +156,6 @@ def _check_stage(arg: str, stage: object, kind: type) -> None:
         raise SpecError(f"{arg}: expected a tokenprune {kind.__name__}, got {stage!r}")
 
 
-def _check_finite(name: str, value: Tensor, valid: Tensor) -> None:
-    """Raise if ``value`` (``(B, N)`` or ``(B, N, D)``) has a NaN/inf at a valid token, or,
-    for ``(B, N, D)`` cues, a vector whose L2 norm overflows (cosines would be NaN)."""
-    if _surely_finite(value):
-        return
-    overflow = None
-    if value.dim() == 3:
-        # One fast pass: the norm is NaN/inf whenever an entry is, or when it overflows.
-        norm = torch.linalg.vector_norm(value, dim=-1, dtype=torch.promote_types(value.dtype, torch.float32))
-        overflow = ~torch.isfinite(norm) & valid
-        if not bool(overflow.any()):
-            return
-        value = value.abs().amax(dim=-1)
-    bad = ~torch.isfinite(value) & valid
-    if bool(bad.any()):
-        b, n = (int(i) for i in bad.nonzero()[0])
-        raise CueError(f"{name}: expected finite values, got NaN/inf (first at sample {b}, token {n})")
-    if overflow is not None:
-        b, n = (int(i) for i in overflow.nonzero()[0])
-        raise CueError(
-            f"{name}: expected vectors whose L2 norm fits in {norm.dtype}, got one that overflows "
-            f"(first at sample {b}, token {n}, largest entry {float(value[b, n]):.3g}); rescale the cue"
-        )
-
-
-def _surely_finite(value: Tensor) -> bool:
-    """True when one read of ``value`` shows every entry finite and, for ``(B, N, D)``,
-    every vector's L2 norm sure to fit its float type (``D * max|entry|^2`` at most half
-    its largest value); False leaves the verdict to the exact per-token check, which also
-    forgives padding. ``aminmax`` propagates NaN and shows +-inf, without a temporary
-    of ``value``'s size."""
-    if value.numel() == 0:
-        return True
-    if value.is_complex():  # no aminmax: the exact check decides
-        return False
-    low, high = torch.stack(torch.aminmax(value)).tolist()
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return False
-    if value.dim() != 3:
-        return True
-    wide = torch.promote_types(value.dtype, torch.float32)
-    return max(-low, high) <= math.sqrt(torch.finfo(wide).max / (2 * value.shape[-1]))
-
-
 def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues, checked: tuple[Tensor, ...] | None) -> None:
     trusted = is_trusted(stage)
     if trusted and checked is None:
@@ -203,7 +167,7 @@ def _check_scores(kind: str, stage: Stage, scores: Tensor, cues: Cues, checked: 
     if tuple(scores.shape) != expected:
         raise CueError(f"scores from '{stage.name}': expected shape {expected}, got {tuple(scores.shape)}")
     if not any(scores is cue for cue in checked):  # a cue handed on as it is was checked already
-        _check_finite(f"scores from '{stage.name}'", scores, cues.layout.valid)
+        check_finite(f"scores from '{stage.name}'", scores, cues.layout.valid)
 
 
 # --------------------------------------------------------------------------- building

@@ -92,6 +92,17 @@ class Selector(Stage):
     def __call__(self, scores: Tensor, cues: Cues, budget: Tensor) -> Selection:  # pragma: no cover
         raise NotImplementedError
 
+    def self_checked(self, cues: Cues) -> frozenset[str]:
+        """Cues that `checked_call` checks as it reads them, with the errors of
+        `tokenprune.finite.check_finite`, so that ``pruner(cues)`` does not read them once
+        more beforehand (a selector that reads a cue in full anyway). Default: none."""
+        return frozenset()
+
+    def checked_call(self, scores: Tensor, cues: Cues, budget: Tensor, names: frozenset[str]) -> Selection:
+        """``self(scores, cues, budget)`` that also refuses a NaN/inf or overflowing cue
+        among ``names`` (a subset of `self_checked`) as `check_finite` does."""
+        return self(scores, cues, budget)
+
 
 @dataclasses.dataclass(frozen=True)
 class DecayContext:

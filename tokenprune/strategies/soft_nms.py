@@ -27,6 +27,7 @@ from torch import Tensor
 from tokenprune.compile import maybe_compiled
 from tokenprune.cues import Cues
 from tokenprune.errors import SpecError
+from tokenprune.finite import check_finite
 from tokenprune.layout import Layout
 from tokenprune.selection import Selection
 from tokenprune.stage_checks import CheckedDecay, is_trusted
@@ -368,7 +369,17 @@ class SoftNMS(Selector):
             out[d.name] = next(iter(p.values())) if len(p) == 1 else (p or True)
         return out
 
+    def self_checked(self, cues: Cues) -> frozenset[str]:
+        # The C kernel reads every key for the similarity decay: it checks them in that pass.
+        return frozenset({"keys"}) if self._needs_keys else frozenset()
+
+    def checked_call(self, scores: Tensor, cues: Cues, budget: Tensor, names: frozenset[str]) -> Selection:
+        return self._select(scores, cues, budget, check_keys="keys" in names)
+
     def __call__(self, scores: Tensor, cues: Cues, budget: Tensor) -> Selection:
+        return self._select(scores, cues, budget, check_keys=False)
+
+    def _select(self, scores: Tensor, cues: Cues, budget: Tensor, check_keys: bool) -> Selection:
         layout = cues.layout
         dtype = scores.dtype
         keys = inv = None
@@ -376,10 +387,16 @@ class SoftNMS(Selector):
             keys = cues.require("keys", self.name)
         sigmas = self._native_sigmas
         if sigmas is not None and soft_nms_cpu.applies(scores, keys):
-            done = soft_nms_cpu.run(scores, layout, budget, keys, self.radius, *sigmas)
+            kernel_checks = check_keys and keys is not None and sigmas[1] is not None
+            if check_keys and not kernel_checks:
+                check_finite("keys", keys, layout.valid)
+            done = soft_nms_cpu.run(scores, layout, budget, keys, self.radius, *sigmas, check_keys=kernel_checks)
             if done is not None:
                 indices, mask, final = done
                 return Selection(indices=indices, mask=mask, scores=final)
+            check_keys = kernel_checks  # the kernel gave way to the torch steps before checking them
+        if check_keys:
+            check_finite("keys", keys, layout.valid)
         if keys is not None:
             inv = key_inv_norm(keys, dtype)
         steps, negative, largest = _host_facts(scores, layout, budget)

@@ -81,6 +81,9 @@ typedef struct {
     int64_t threads;          /* threads the call may use (>= 1) */
     int64_t thread_work;      /* fewer multiply-adds (steps x W x D) than this: one thread */
     int64_t *threads_used;    /* out: threads the call ran on */
+    int64_t check_keys;       /* 1: read every valid token's key and report in keys_unsure */
+    double key_limit;         /* a self-dot above this (or NaN/inf) makes the keys unsure */
+    int64_t *keys_unsure;     /* out: 1 if a self-dot was NaN, inf or above key_limit */
 } soft_nms_args_t;
 
 /* ------------------------------------------------------------------------ dots */
@@ -200,6 +203,7 @@ typedef struct {
     T *distance2;         /* (W,) squared distance of each offset */
     int64_t steps, cells, p;  /* most kept tokens, most cells, tree leaves (a power of 2 >= N) */
     int64_t room;         /* most entries of one token, plus one (its own norm) */
+    int64_t *unsure;      /* a->keys_unsure, set by any thread (atomic) */
 } shared_t;
 
 /* ------------------------------------------------------------------------ scratch */
@@ -293,19 +297,23 @@ static inline void update(int32_t *tree, int64_t p, const T *v, const uint8_t *a
         tree[node] = lead(v, alive, n, tree[2 * node], tree[2 * node + 1]);
 }
 
-/* Token i's norm from its dot with itself, where it was computed. */
-static inline void set_norm(sample_t *s, int64_t i, T self_dot) {
+/* Token i's norm from its dot with itself, where it was computed. The self-dot also
+ * checks the key: it is NaN or inf whenever an entry is (squares do not cancel), and at
+ * most key_limit (half the largest float of the caller's norm type) proves the norm fits
+ * in any summation order. Anything else leaves the verdict to the caller's exact check. */
+static inline void set_norm(sample_t *s, const shared_t *sh, int64_t i, T self_dot) {
     s->inv[i] = inverse_norm(self_dot);
     s->normed[i] = 1;
+    if (!((double)self_dot <= sh->a->key_limit)) __atomic_store_n(sh->unsure, 1, __ATOMIC_RELAXED);
 }
 
 /* Token i's inverse key norm, computed once. */
-static inline void need_norm(sample_t *s, const KT *keys, int64_t row, int64_t d, int64_t i) {
+static inline void need_norm(sample_t *s, const shared_t *sh, const KT *keys, int64_t i) {
     if (!s->normed[i]) {
-        const KT *key = keys + i * row;
+        const KT *key = keys + i * sh->a->key_row;
         T self_dot;
-        key_dots(key, &key, 1, d, &self_dot);
-        set_norm(s, i, self_dot);
+        key_dots(key, &key, 1, sh->a->d, &self_dot);
+        set_norm(s, sh, i, self_dot);
     }
 }
 
@@ -345,7 +353,7 @@ static void apply(sample_t *s, dots_t *t, T *v, int64_t i, const shared_t *sh, c
         for (int64_t q = 0; q < m; ++q) t->others[q] = keys + s->kept[t->entry[q] / sh->w] * row;
         if (!s->normed[i]) t->others[dotted++] = key;
         key_dots(key, t->others, dotted, sh->a->d, t->dots);
-        if (dotted > m) set_norm(s, i, t->dots[m]);
+        if (dotted > m) set_norm(s, sh, i, t->dots[m]);
     }
     suppress(s, v, i, t->entry, t->dots, m, sh, keys);
 }
@@ -411,7 +419,7 @@ static void choose(sample_t *s, dots_t *t, const shared_t *sh, int64_t b) {
         }
         s->kept[m] = k;
         mask[k] = 1;
-        if (keys) need_norm(s, keys, a->key_row, a->d, k);
+        if (keys) need_norm(s, sh, keys, k);
         if (s->alive[k]) {
             s->alive[k] = 0;
             update(s->tree, p, v, s->alive, n, k);
@@ -432,12 +440,19 @@ static void choose(sample_t *s, dots_t *t, const shared_t *sh, int64_t b) {
     }
 }
 
-/* The pending factors of tokens [from, to) of sample b (tokens are independent now). */
+/* The pending factors of tokens [from, to) of sample b (tokens are independent now);
+ * with check_keys, also the self-dot of every valid token whose key was not read, so
+ * that every valid key is checked in this one pass. */
 static void finish(sample_t *s, dots_t *t, const shared_t *sh, int64_t b, int64_t from, int64_t to) {
-    T *v = sh->scores + b * sh->a->n;
+    const int64_t n = sh->a->n;
+    T *v = sh->scores + b * n;
     const KT *keys = sh->keys ? sh->keys + b * sh->a->key_batch : NULL;
-    for (int64_t i = from; i < to; ++i)
+    const uint8_t *valid = sh->a->valid + b * n;
+    const int check = keys && sh->a->check_keys;
+    for (int64_t i = from; i < to; ++i) {
         if (s->head[i] >= 0) apply(s, t, v, i, sh, keys);
+        else if (check && valid[i]) need_norm(s, sh, keys, i);
+    }
 }
 
 /* Sample b's kept indices, ascending, then -1; returns their count. */
@@ -518,7 +533,8 @@ int soft_nms(const soft_nms_args_t *a, T *scores, const KT *all_keys) {
         for (int64_t i = 0; i < n; ++i)
             if (a->valid[b * n + i] && scores[b * n + i] < 0) return NEGATIVE_SCORE;
     }
-    shared_t sh = {.a = a, .scores = scores, .keys = a->similarity_sigma > 0 ? all_keys : NULL};
+    shared_t sh = {.a = a, .scores = scores, .keys = a->similarity_sigma > 0 ? all_keys : NULL, .unsure = a->keys_unsure};
+    *a->keys_unsure = 0;
     for (int64_t b = 0; b < a->b; ++b) {
         if (a->budget[b] > sh.steps) sh.steps = a->budget[b];
         int64_t area = 0;

@@ -23,6 +23,7 @@ from torch import Tensor
 from tokenprune._layout_memo import layout_memo
 from tokenprune.compile import compile_enabled
 from tokenprune.errors import CueError
+from tokenprune.finite import check_finite, norm_limit
 from tokenprune.layout import Layout
 from tokenprune.native import NativeBuildError, load
 
@@ -84,6 +85,9 @@ class _Args(ctypes.Structure):
         ("threads", ctypes.c_int64),
         ("thread_work", ctypes.c_int64),
         ("threads_used", ctypes.c_void_p),
+        ("check_keys", ctypes.c_int64),
+        ("key_limit", ctypes.c_double),
+        ("keys_unsure", ctypes.c_void_p),
     ]
 
 
@@ -151,10 +155,14 @@ def run(
     radius: float,
     spatial_sigma: float | None,
     similarity_sigma: float | None,
+    check_keys: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Soft-NMS of ``scores (B, N)`` (float32/64, -inf on padding) with the window of
     ``radius`` cells, keeping ``budget (B,)`` tokens per sample; ``keys (B, N, D)`` read
-    in place (in their own dtype) when ``similarity_sigma`` is given.
+    in place (in their own dtype) when ``similarity_sigma`` is given. ``check_keys``
+    (with keys and ``similarity_sigma``): also refuse keys as `check_finite` does, from
+    the self-dots of the one pass that reads every valid token's key (the exact check runs
+    only where a self-dot is NaN, inf or near overflow, or before a negative-score error).
 
     Returns:
         ``indices (B, K)`` (ascending, -1 padded), ``mask (B, N)`` and the final
@@ -162,9 +170,12 @@ def run(
         budget exceeds `MAX_ENTRIES` (the caller runs the torch steps).
 
     Raises:
-        CueError: a valid score is negative (`negative_score_error`).
+        CueError: a valid score is negative (`negative_score_error`), or with
+            ``check_keys``, a key is not finite or its norm overflows.
     """
     if keys is None or similarity_sigma is None:
+        if check_keys:
+            raise ValueError("check_keys: expected keys and a similarity_sigma, got none to read")
         keys, similarity_sigma = None, None
     fn = _function(scores.dtype, keys.dtype if keys is not None else torch.float32)
     if fn is None:
@@ -174,7 +185,7 @@ def run(
     out = scores.clone(memory_format=torch.contiguous_format)
     mask = torch.empty(b, n, dtype=torch.bool)
     indices = torch.empty(b, n, dtype=torch.long)
-    counts = (ctypes.c_int64 * 2)()  # the most kept by a sample, the threads used
+    counts = (ctypes.c_int64 * 3)()  # the most kept by a sample, the threads used, keys unsure
     budget = budget.contiguous()
     valid, regions, coords, shapes = layout_memo(layout, "soft_nms_cpu", lambda: _layout_inputs(layout))
     key_batch = key_row = 0
@@ -188,10 +199,14 @@ def run(
         key_batch, key_row, radius, spatial_sigma or 0.0, similarity_sigma or 0.0,
         mask.data_ptr(), indices.data_ptr(), ctypes.addressof(counts), MAX_ENTRIES,
         torch.get_num_threads(), THREAD_WORK, ctypes.addressof(counts) + ctypes.sizeof(ctypes.c_int64),
+        int(check_keys), norm_limit(keys.dtype) if keys is not None else 0.0,
+        ctypes.addressof(counts) + 2 * ctypes.sizeof(ctypes.c_int64),
     )  # fmt: skip
     status = fn(ctypes.byref(args), out.data_ptr(), keys.data_ptr() if keys is not None else None)
     global last_threads
-    most, last_threads = counts
+    most, last_threads, unsure = counts
+    if check_keys and (unsure or status == NEGATIVE_SCORE):
+        check_finite("keys", keys, layout.valid)  # the exact verdict and error (it may pass)
     if status == NEGATIVE_SCORE:
         raise negative_score_error(scores, layout.valid)
     if status == TOO_LARGE:
