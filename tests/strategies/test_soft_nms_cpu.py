@@ -18,15 +18,13 @@ from tokenprune.errors import CueError
 from tokenprune.strategies import soft_nms, soft_nms_cpu
 from tokenprune.strategies.soft_nms import SoftNMS, SpatialDecay, TemporalDecay
 
-from .draw import Given as _Given
-from .draw import keep_values, keys_for, layouts, scores_for
-from .draw import soft_nms_selector as _selector
+from .draw import Given, keep_values, keys_for, layouts, scores_for, soft_nms_selector
 from .reference import assert_matches_ref_soft_nms, ref_budget, ref_soft_nms, tokens_of
 
 
 def _select(layout, scores, keys, keep, selector, native: bool):
     """The selection with the C kernel (native) or the torch steps run eagerly."""
-    pruner = tokenprune.Pruner(_Given(scores), (), selector, keep=keep)
+    pruner = tokenprune.Pruner(Given(scores), (), selector, keep=keep)
     with compile_mode(native), soft_nms_cpu.native_mode(native):
         return pruner(Cues(layout, keys=keys))
 
@@ -62,7 +60,7 @@ def test_kernel_matches_algorithm_1_float64(data):
     radius = data.draw(st.sampled_from([5.0, 1.5, 2.0, 0.5]))
     sigma_d = data.draw(st.sampled_from([1.5, 0.7, None]))
     sigma_s = data.draw(st.sampled_from([0.05, 0.5, None]))
-    selection = _select(layout, scores, keys, keep, _selector(radius, sigma_d, sigma_s), native=True)
+    selection = _select(layout, scores, keys, keep, soft_nms_selector(radius, sigma_d, sigma_s), native=True)
     assert_matches_ref_soft_nms(selection, layout, scores, keys, keep, radius, sigma_d, sigma_s)
 
 
@@ -75,7 +73,7 @@ def test_kernel_matches_the_torch_steps_for_every_key_dtype(data, key_dtype):
     scores = data.draw(scores_for(layout)).to(score_dtype)
     keys = data.draw(keys_for(layout, dim=data.draw(st.integers(1, 40)))).to(key_dtype)
     keep = data.draw(keep_values(layout))
-    selector = _selector(5.0, 1.5, 0.5)
+    selector = soft_nms_selector(5.0, 1.5, 0.5)
     native = _select(layout, scores, keys, keep, selector, native=True)
     steps = _select(layout, scores, keys, keep, selector, native=False)
     assert torch.equal(native.indices, steps.indices)
@@ -94,7 +92,7 @@ def test_budgets_past_the_valid_tokens_match_the_torch_steps(keep):
     scores = torch.rand(2, layout.num_tokens, generator=g, dtype=torch.float64).masked_fill(~layout.valid, float("-inf"))
     keys = torch.randn(2, layout.num_tokens, 5, generator=g)
     budget = torch.tensor([keep, min(keep, 3)])
-    selector = _selector(5.0, 1.5, 0.05)
+    selector = soft_nms_selector(5.0, 1.5, 0.05)
     with compile_mode(True):
         native = selector(scores, Cues(layout, keys=keys), budget)
     with compile_mode(False):
@@ -111,8 +109,8 @@ def test_keys_are_read_in_place_with_their_strides(monkeypatch):
     wide = torch.randn(2, layout.num_tokens + 3, 24, generator=g)
     keys = wide[:, 2 : 2 + layout.num_tokens, 4:20]  # rows and batches strided, D contiguous
     scores = torch.rand(2, layout.num_tokens, generator=g, dtype=torch.float64)
-    strided = _select(layout, scores, keys, 9, _selector(5.0, 1.5, 0.05), native=True)
-    packed = _select(layout, scores, keys.contiguous(), 9, _selector(5.0, 1.5, 0.05), native=True)
+    strided = _select(layout, scores, keys, 9, soft_nms_selector(5.0, 1.5, 0.05), native=True)
+    packed = _select(layout, scores, keys.contiguous(), 9, soft_nms_selector(5.0, 1.5, 0.05), native=True)
     assert calls == [True, True]
     assert torch.equal(strided.indices, packed.indices)
     assert torch.equal(strided.scores, packed.scores)
@@ -186,7 +184,7 @@ def test_compiled_torch_steps_match_reference(data):
     scores = data.draw(scores_for(layout))
     keys = data.draw(keys_for(layout, dim=4))
     keep = data.draw(keep_values(layout))
-    pruner = tokenprune.Pruner(_Given(scores), (), _selector(5.0, 1.5, 0.05), keep=keep)
+    pruner = tokenprune.Pruner(Given(scores), (), soft_nms_selector(5.0, 1.5, 0.05), keep=keep)
     with compile_mode(True), soft_nms_cpu.native_mode(False):
         selection = pruner(Cues(layout, keys=keys))
     for b in range(layout.batch_size):
@@ -202,7 +200,7 @@ def test_more_entries_than_the_kernel_indexes_run_the_torch_steps(monkeypatch, e
     g = torch.Generator().manual_seed(3)
     scores = torch.rand(1, 36, generator=g, dtype=torch.float64)
     keys = torch.randn(1, 36, 4, generator=g, dtype=torch.float64)
-    selector = _selector(2.5, 1.5, 0.05)
+    selector = soft_nms_selector(2.5, 1.5, 0.05)
     fits = _select(layout, scores, keys, 5, selector, native=True)
     over = _select(layout, scores, keys, 6, selector, native=True)
     assert calls == [True, False]
@@ -235,7 +233,7 @@ def test_threads_change_no_bit(data, threads):
     scores = data.draw(scores_for(layout)).to(score_dtype)
     keys = data.draw(keys_for(layout, dim=data.draw(st.integers(1, 40))))
     keep = data.draw(keep_values(layout))
-    selector = _selector(5.0, 1.5, 0.5)
+    selector = soft_nms_selector(5.0, 1.5, 0.5)
     with mock.patch.object(soft_nms_cpu, "THREAD_WORK", 0):  # small inputs take the threaded paths
         with _torch_threads(1):
             one = _select(layout, scores, keys, keep, selector, native=True)
@@ -259,7 +257,7 @@ def test_threads_start_only_for_large_calls(monkeypatch):
     layout = Layout.grid(24, 24)
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(1, 576, generator=g)
-    selector = _selector(5.0, 1.5, 0.05)
+    selector = soft_nms_selector(5.0, 1.5, 0.05)
     with _torch_threads(2):
         for dim, expected in ((4096, 2), (16, 1)):
             keys = torch.randn(1, 1, dim, generator=g) + 0.25 * torch.randn(1, 576, dim, generator=g)
