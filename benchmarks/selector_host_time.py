@@ -5,7 +5,13 @@ calls per configuration; this script times many calls, interleaved in rounds, fo
 
 - ``engine``: the engine's trusted call ``pruner.select(cues, budget)`` on one layout;
 - ``engine, new layout``: the same with a new `Layout` object (the same tensors) at every
-  call, as each prefill of the engine builds one: nothing remembered per layout applies;
+  call, as each prefill of the engine builds one: the values remembered for an earlier
+  layout of the same content apply (``tokenprune/_layout_memo.py``);
+- ``engine, new layout, not shared``: the same with sharing by content off
+  (``MAX_GEOMETRIES = 0``), as every prefill paid before it: the values are recomputed;
+- ``engine, new geometry``: a new layout whose content has no remembered values (the
+  shared values are dropped before each call): the content is looked up, the values
+  computed and copied, as at the first prefill of a new prompt shape;
 - ``public``: ``pruner(cues)``, which also checks its inputs (the keys inside the kernel,
   in the pass that reads them);
 
@@ -29,16 +35,17 @@ from pathlib import Path
 import torch
 
 import tokenprune
+from tokenprune import _layout_memo
 from tokenprune.strategies import soft_nms_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from selector_speed import Config, inputs, timed_into  # the same inputs and timer
 
-CALLS = ("engine", "engine, new layout", "public")
+CALLS = ("engine", "engine, new layout", "engine, new layout, not shared", "engine, new geometry", "public")
 
 
 def calls(b: int, side: int, d: int, k: int, dtype: torch.dtype) -> dict[str, Callable[[], object]]:
-    """The three calls of `CALLS` on one ``side x side`` grid, keeping ``k`` tokens."""
+    """The calls of `CALLS` on one ``side x side`` grid, keeping ``k`` tokens."""
     config = Config(side * side, d, k, b, side, side, str(dtype).removeprefix("torch."))
     attention, keys = inputs(config, "cpu")
     layout = tokenprune.Layout.grid(side, side, batch=b)
@@ -51,7 +58,24 @@ def calls(b: int, side: int, d: int, k: int, dtype: torch.dtype) -> dict[str, Ca
         fresh = tokenprune.Layout.trusted(**tensors)
         return pruner.select(tokenprune.Cues.trusted(fresh, attention=attention, keys=keys), budget)
 
-    return {"engine": lambda: pruner.select(cues, budget), "engine, new layout": new_layout, "public": lambda: pruner(cues)}
+    def not_shared() -> object:
+        shared, _layout_memo.MAX_GEOMETRIES = _layout_memo.MAX_GEOMETRIES, 0
+        try:
+            return new_layout()
+        finally:
+            _layout_memo.MAX_GEOMETRIES = shared
+
+    def new_geometry() -> object:
+        _layout_memo._shared.clear()
+        return new_layout()
+
+    return {
+        "engine": lambda: pruner.select(cues, budget),
+        "engine, new layout": new_layout,
+        "engine, new layout, not shared": not_shared,
+        "engine, new geometry": new_geometry,
+        "public": lambda: pruner(cues),
+    }
 
 
 def outside_kernel(fns: dict[str, Callable[[], object]], calls_per_fn: int, rounds: int) -> dict[str, list[float]]:
