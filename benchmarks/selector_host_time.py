@@ -19,16 +19,26 @@ at B = 1 and B = 8 with float32 and bfloat16 attention and keys. Each call's tim
 the time of its C kernel call is one sample; the table gives the median and the 10th
 percentile (on a shared core the median carries the other jobs' interruptions).
 
+``--prefill`` times instead the engine's whole host time in a prefill inside
+``generate()``: a random-weight LLaVA-1.5 of the real geometry (576 visual tokens per
+image, a tiny tower and text model) pruned with ``adaptprune`` at keep 0.1 after layer 2,
+B = 1 and B = 8, in interleaved rounds with the layout values shared by content and not
+shared (``MAX_GEOMETRIES = 0``). The parts are the engine's hooks: the prefill set-up (the
+adapter's layout, candidates, budgets), the cue capture, the pruner call, and the rest of
+the prune step (compaction, masks, records); the model's own time is not counted.
+
     OMP_NUM_THREADS=1 taskset -c 1 nice -n 19 python benchmarks/selector_host_time.py
+    OMP_NUM_THREADS=1 taskset -c 1 nice -n 19 python benchmarks/selector_host_time.py --prefill
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -119,6 +129,108 @@ def table(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+#: The prefill's parts, each the sum of the engine methods timed under its name.
+PARTS = ("set-up", "cues", "pruner", "rest", "total")
+
+
+@contextlib.contextmanager
+def engine_parts(now: dict[str, float]) -> Iterator[None]:
+    """Add the seconds of the engine's hooks to ``now`` by part while the block runs (the
+    engine binds its hooks when a prune block opens: open them inside this block)."""
+    from tokenprune.engine.session import PruneRun
+
+    timed = [  # (class, method, part it adds to, part it is taken from)
+        (PruneRun, "_on_model_call", "set-up", None),
+        (PruneRun, "_on_attention", "cues", None),
+        (PruneRun, "_on_point", "rest", None),
+        (PruneRun, "_on_later_layer", "rest", None),
+        (PruneRun, "_on_model_return", "rest", None),
+        (PruneRun, "_cues", "cues", "rest"),
+        (tokenprune.Pruner, "select", "pruner", "rest"),
+    ]
+    real = [(cls, name, getattr(cls, name)) for cls, name, _, _ in timed]
+
+    def timer(fn: Callable[..., object], part: str, within: str | None) -> Callable[..., object]:
+        def timed_fn(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds = time.perf_counter() - start
+                now[part] += seconds
+                if within is not None:
+                    now[within] -= seconds
+
+        return timed_fn
+
+    for (cls, name, part, within), (_, _, fn) in zip(timed, real):
+        setattr(cls, name, timer(fn, part, within))
+    try:
+        yield
+    finally:
+        for cls, name, fn in real:
+            setattr(cls, name, fn)
+
+
+def tiny_llava() -> torch.nn.Module:
+    """A random-weight LLaVA-1.5 of the real geometry with a small tower and text model."""
+    from transformers import LlamaConfig, LlavaForConditionalGeneration
+
+    from tokenprune.model_configs import clip_vision_config, llava_config, text_config
+
+    torch.manual_seed(0)
+    text = text_config(
+        vocab_size=256, hidden_size=64, intermediate_size=128, layers=4, heads=4, kv_heads=2, max_positions=4096
+    )
+    vision = clip_vision_config(hidden_size=32, layers=2, heads=2)
+    return LlavaForConditionalGeneration(llava_config(vision, LlamaConfig(**text), IMAGE_TOKEN)).eval()
+
+
+IMAGE_TOKEN = 255
+
+
+def prefill_times(model: torch.nn.Module, b: int, calls: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each part (`PARTS`) of ``calls`` prefills at batch ``b``, per mode
+    (layout values shared by content or not), interleaved in ``rounds``."""
+    ids = torch.tensor([[1, 5, 6, 7, *[IMAGE_TOKEN] * 576, 8, 9]] * b)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(b, 3, 336, 336)}
+    shared_geometries = _layout_memo.MAX_GEOMETRIES
+    modes = {"shared": shared_geometries, "not shared": 0}
+    out: dict[str, dict[str, list[float]]] = {mode: {part: [] for part in PARTS} for mode in modes}
+    now = dict.fromkeys(PARTS, 0.0)
+    with engine_parts(now), torch.no_grad():
+        for round_ in range(rounds + 1):  # round 0 warms up: builds the kernel, fills what is shared
+            for mode, geometries in modes.items():
+                _layout_memo.MAX_GEOMETRIES = geometries
+                try:
+                    with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2):
+                        for _ in range(max(1, calls // rounds)):
+                            now.update(dict.fromkeys(PARTS, 0.0))
+                            model.generate(**inputs, max_new_tokens=1, do_sample=False)
+                            if round_:
+                                now["total"] = sum(now[part] for part in PARTS[:-1])
+                                for part in PARTS:
+                                    out[mode][part].append(now[part])
+                finally:
+                    _layout_memo.MAX_GEOMETRIES = shared_geometries
+    return out
+
+
+def prefill_table(args: argparse.Namespace) -> list[str]:
+    tokenprune.set_compile(True)
+    model = tiny_llava()
+    lines = [
+        "| B | layout values | " + " | ".join(f"{part} ms" for part in PARTS) + " | prefills |",
+        "|---:|:---|" + "---:|" * (len(PARTS) + 1),
+    ]
+    for b in (1, 8):
+        times = prefill_times(model, b, args.prefills, args.rounds)
+        for mode, parts in times.items():
+            medians = " | ".join(f"{statistics.median(parts[part]) * 1e3:.3f}" for part in PARTS)
+            lines.append(f"| {b} | {mode} | {medians} | {len(parts['total'])} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=int, default=24, help="grid side: N = side^2 (default 24: N = 576)")
@@ -127,13 +239,19 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--calls", type=int, default=1000, help="timed calls of each kind at B = 1")
     parser.add_argument("--calls-batch", type=int, default=100, help="timed calls of each kind at B = 8")
     parser.add_argument("--rounds", type=int, default=5, help="rounds the calls are interleaved in")
+    parser.add_argument("--prefill", action="store_true", help="time the engine's host time in generate() prefills")
+    parser.add_argument("--prefills", type=int, default=100, help="timed prefills of each mode and B (--prefill)")
     args = parser.parse_args(argv)
     if not soft_nms_cpu.applies(torch.zeros(1, 1), None):
         raise SystemExit("the soft_nms C kernel is off (tokenprune.set_compile / set_native): nothing to time")
-    lines = table(args)
+    if args.prefill:
+        lines = prefill_table(args)
+        what = "prefills of a LLaVA-1.5 geometry (N = 576), adaptprune keep 0.1, layer 2; medians"
+    else:
+        lines = table(args)
+        what = f"N = {args.side**2}, D = {args.d}, K = {args.k}"
     print(
-        f"`selector_host_time.py` (N = {args.side**2}, D = {args.d}, K = {args.k}); torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s)\n"
+        f"`selector_host_time.py` ({what}); torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n"
     )
     print("\n".join(lines))
     return lines
