@@ -398,7 +398,8 @@ def kv_bytes(case: Case, point: object | None, keep: float) -> tuple[int, int]:
     )
     with block, torch.inference_mode():
         out = case.model(**case.inputs)
-    layers = out.cache.layers
+    # transformers 5.17 names the output field past_key_values
+    layers = (out["cache"] if "cache" in out else out["past_key_values"]).layers
     total = sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
     return total, layers[-1].keys.shape[-2]
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from transformers_compat import cache_kwargs
 
 import tokenprune
 from tokenprune.strategies.base import Score
@@ -149,7 +150,7 @@ def greedy_from_embeddings(model, embeds, mask, positions, steps):
     tokens, logits = [], []
     mask = mask.long()
     with torch.no_grad():
-        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache)
+        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache))
         for _ in range(steps):
             step = out.logits[:, -1]
             logits.append(step)
@@ -161,6 +162,6 @@ def greedy_from_embeddings(model, embeds, mask, positions, steps):
                 inputs_embeds=model.get_input_embeddings()(token[:, None]),
                 attention_mask=mask,
                 position_ids=positions,
-                cache=cache,
+                **cache_kwargs(model, cache),
             )
     return torch.stack(tokens, dim=1), torch.stack(logits)

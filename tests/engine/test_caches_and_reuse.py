@@ -8,6 +8,8 @@ import pytest
 import torch
 from tiny_models import make_batch
 from transformers import DynamicCache
+from transformers_compat import cache_arg, cache_kwargs
+from transformers_compat import cache_arg, cache_kwargs
 
 import tokenprune
 from tokenprune.errors import TokenpruneError
@@ -42,9 +44,9 @@ def test_a_copy_of_a_pruned_prompt_cache_continues_like_a_fresh_prefill(llava, b
     ids, mask = _extended(inputs, new)
     with torch.no_grad(), tokenprune.prune(llava, "last", keep=0.25, layer=2) as run:
         cache = DynamicCache(config=llava.config)
-        llava(**inputs, cache=cache)
+        llava(**inputs, **cache_kwargs(llava, cache))
         continued = [
-            llava.generate(input_ids=ids, attention_mask=mask, cache=copy.deepcopy(cache),
+            llava.generate(input_ids=ids, attention_mask=mask, **cache_kwargs(llava, copy.deepcopy(cache)),
                            max_new_tokens=4, do_sample=False)
             for _ in range(2)
         ]
@@ -63,12 +65,28 @@ def test_a_cache_pruned_at_another_layer_is_refused(llava, batches):
     with torch.no_grad():
         with tokenprune.prune(llava, "last", keep=0.25, layer=2):
             cache = DynamicCache(config=llava.config)
-            llava(**inputs, cache=cache)
+            llava(**inputs, **cache_kwargs(llava, cache))
         with (
             tokenprune.prune(llava, "last", keep=0.25, layer=1),
             pytest.raises(TokenpruneError, match=r"past_key_values: expected a cache pruned at \[1\] .* got one pruned at \[2\]"),
         ):
-            llava(input_ids=ids[:, -1:], attention_mask=mask, cache=cache)
+            llava(input_ids=ids[:, -1:], attention_mask=mask, **cache_kwargs(llava, cache))
+
+
+def test_a_cache_under_a_name_the_model_ignores_is_not_the_cache(llava, batches):
+    # transformers 5.17 names the cache past_key_values and silently ignores cache=: the
+    # model then runs a fresh prefill, so the engine must prune it as one, not extend the
+    # pruned cache it was handed under the unread name.
+    if cache_arg(llava) == "cache":
+        pytest.skip("this transformers reads cache=")
+    inputs = batches["llava"].inputs
+    with torch.no_grad(), tokenprune.prune(llava, "last", keep=0.25, layer=2) as run:
+        expected = llava(**inputs).logits
+        cache = DynamicCache(config=llava.config)
+        llava(**inputs, **cache_kwargs(llava, cache))
+        got = llava(**inputs, cache=cache).logits
+    assert run.prefills == 3
+    assert torch.equal(got, expected)
 
 
 def test_static_cache_is_refused_and_the_model_restored(llava, batches):

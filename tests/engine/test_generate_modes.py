@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_models import tiny_llava
+from transformers_compat import cache_kwargs, cache_of
 from transformers import GenerationConfig
 
 import tokenprune
@@ -63,6 +64,6 @@ def test_a_prompt_continued_with_images_on_a_pruned_cache_is_refused(llava, one)
     ids, mask = one["input_ids"], one["attention_mask"]
     with tokenprune.prune(llava, "fastv", keep=0.1, layer=2), torch.no_grad():
         out = llava(**one, use_cache=True)
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache = cache_of(out)
         with pytest.raises(TokenpruneError, match="input_ids: expected no visual tokens in a forward that extends a pruned cache"):
-            llava(input_ids=ids, attention_mask=torch.cat([mask, mask], dim=1), pixel_values=one["pixel_values"], cache=cache)
+            llava(input_ids=ids, attention_mask=torch.cat([mask, mask], dim=1), pixel_values=one["pixel_values"], **cache_kwargs(llava, cache))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_models import FAMILIES, llava_singles
+from transformers_compat import cache_of
 
 import tokenprune
 
@@ -67,7 +68,7 @@ def test_dropped_tokens_never_reach_the_cache(models, batches, family):
     length = inputs["input_ids"].shape[1]
     short = run.kept.shape[1]
     assert short < length
-    for layer in out.cache.layers:
+    for layer in cache_of(out).layers:
         assert layer.keys.shape[-2] == short
     budgets = [int(n * 0.25) for n in batch.num_visual]
     assert run.selection.counts.tolist() == budgets

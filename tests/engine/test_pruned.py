@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from tiny_models import FAMILIES, make_batch
+from transformers_compat import cache_of
 
 import tokenprune
 
@@ -86,7 +87,7 @@ def test_kv_cache_is_full_below_k_and_short_from_k(models, batches, family):
             **batch.inputs, max_new_tokens=STEPS, do_sample=False, return_dict_in_generate=True
         )
         short = run.kept.shape[1]
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache = cache_of(out)
     length = batch.inputs["input_ids"].shape[1]
     # The last generated token is not fed back, so the cache holds STEPS - 1 of them.
     lengths = [cache.layers[i].keys.shape[-2] for i in range(len(cache.layers))]

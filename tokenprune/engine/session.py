@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers.cache_utils import StaticLayer
@@ -424,6 +425,7 @@ class PruneRun:
         if not bool(visual.any()):
             return None
         _check_prunable(inputs, cache)
+        self._check_checkpointing()
         inputs = self.adapter.recover_inputs(inputs)
         layout = self.adapter.layout(**inputs).to(input_ids.device)
         attention_mask = inputs.get("attention_mask")
@@ -453,6 +455,32 @@ class PruneRun:
         )
         step.capture = self._capture(step)
         return step
+
+    def _check_checkpointing(self) -> None:
+        """Refuse to prune at a decoder layer whose gradient checkpointing runs the layer's
+        forward hooks inside the checkpoint (transformers 5.17's
+        ``GradientCheckpointingLayer.__call__``): backward would recompute the layers from
+        the point on after the pruned forward has ended, on unpruned inputs. 5.24
+        checkpoints ``forward`` only, so the hooks run once, outside."""
+        if not self._layers or not torch.is_grad_enabled():
+            return
+        text = self.adapter.text
+        for index in range(min(self._layers), text.num_layers):
+            layer = text.layers[index]
+            if (
+                getattr(layer, "gradient_checkpointing", False)
+                and layer.training
+                and type(layer).__call__ is not nn.Module.__call__
+            ):
+                raise TokenpruneError(
+                    f"model: expected gradient checkpointing that recomputes only the decoder "
+                    f"layers' forward, got transformers {transformers.__version__}'s, which runs "
+                    f"layer {index}'s forward hooks again in backward, after the pruned forward "
+                    "has ended, so the layers from the prune point on would be recomputed on "
+                    "unpruned inputs; use transformers 5.24 or later, prune at layer='input', "
+                    "turn checkpointing off (model.gradient_checkpointing_disable()) or run "
+                    "without grad"
+                )
 
     def _check_window(self, length: int) -> None:
         """Refuse a sliding window that cannot be counted over the original sequence: one
@@ -762,17 +790,21 @@ def _check_prunable(inputs: dict[str, Any], cache: Any) -> None:
         )
 
 
+#: The installed transformers' name for the KV cache argument: ``cache`` since transformers
+#: renamed it (5.24 has it and still accepts ``past_key_values``, deprecated), else
+#: ``past_key_values`` (5.17, whose models ignore an unknown ``cache=``).
+_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
 def _cache_of(kwargs: dict) -> Any:
-    return kwargs.get("cache", kwargs.get("past_key_values"))
-
-
-#: create_causal_mask's name for the cache: ``past_key_values`` before transformers renamed
-#: it to ``cache`` (5.17 has the old name); the engine works with both.
-_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+    """The KV cache among a forward's arguments, under a name the installed transformers
+    reads: a ``cache=`` that transformers 5.17 ignores is not the model's cache."""
+    cache = kwargs.get(_CACHE_ARG)
+    return kwargs.get("past_key_values") if cache is None else cache
 
 
 def _causal_mask(*, cache: Any, **kwargs: Any) -> Any:
-    return create_causal_mask(**kwargs, **{_MASK_CACHE_ARG: cache})
+    return create_causal_mask(**kwargs, **{_CACHE_ARG: cache})
 
 
 def _slots_of_candidates(visual: Tensor, n: int | None = None) -> Tensor:
