@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s browser``,
-``nox -s bench``, ``nox -s eval``."""
+``nox -s bench``, ``nox -s eval``, ``nox -s compat``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ nox.options.reuse_existing_virtualenvs = True
 # The CPU wheel of torch on this machine kind; install it before anything that
 # depends on torch, or pip resolves a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
+# The oldest transformers tokenprune is tested on (`nox -s compat`); `nox -s tests` gets the
+# newest pip resolves (5.24 when this was written).
+OLDEST_TRANSFORMERS = "transformers==5.17.0"
 DOCS_TOOLS = ("mkdocs>=1.6", "mkdocs-material>=9", "mkdocstrings[python]>=0.25")
 # lmms-eval without its declared dependencies (they pull torchvision, whose PyPI build does
 # not load beside the CPU torch above), plus what `lmms-eval --model tokenprune` with a
@@ -36,6 +39,18 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, with the example plugins pip-installed from tests/plugin_pkg
     (a transform, a recipe, a cue) and tests/family_pkg (the VipLlava model family)."""
     _install(session, "test")
+    session.install("./tests/plugin_pkg", "./tests/family_pkg")
+    session.env["HYPOTHESIS_PROFILE"] = "ci"
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def compat(session: nox.Session) -> None:
+    """The whole test suite, as ``nox -s tests`` runs it, on the oldest supported
+    transformers (`OLDEST_TRANSFORMERS`); not part of CI. Arguments after ``--`` go to
+    pytest, e.g. ``nox -s compat -- tests/engine tests/adapters``."""
+    session.install(TORCH)
+    session.install("-e", ".[test]", OLDEST_TRANSFORMERS)
     session.install("./tests/plugin_pkg", "./tests/family_pkg")
     session.env["HYPOTHESIS_PROFILE"] = "ci"
     session.run("python", "-m", "pytest", "-q", *session.posargs)

@@ -9,7 +9,6 @@ import torch
 from tiny_models import make_batch
 from transformers import DynamicCache
 from transformers_compat import cache_arg, cache_kwargs
-from transformers_compat import cache_arg, cache_kwargs
 
 import tokenprune
 from tokenprune.errors import TokenpruneError

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_models import tiny_llava
-from transformers_compat import cache_kwargs, cache_of
 from transformers import GenerationConfig
+from transformers_compat import cache_kwargs, cache_of
 
 import tokenprune
 from tokenprune.errors import TokenpruneError
