@@ -911,7 +911,9 @@ def prune(
     The last prompt token always survives (when it is visual it is not a candidate).
     Sliding-window language models keep their window over the original sequence. Only
     the calls of the thread that entered the block are pruned; cues are computed without
-    grad, so backward (also with gradient checkpointing) works.
+    grad, so backward (also with gradient checkpointing) works; transformers 5.17's
+    checkpointing runs forward hooks again in backward, so there it works at
+    ``layer="input"`` only and a decoder-layer point is refused.
 
     Args:
         model: a transformers VLM with a registered adapter (``llava``, ``llava_next``,
@@ -936,8 +938,9 @@ def prune(
         TokenpruneError: inside the block, a static cache, ``labels``, a cache pruned
             with another schedule or cut back (``crop()``), ``generate()`` with chunked
             prefill or speculative decoding (``prefill_chunk_size``,
-            ``prompt_lookup_num_tokens``, ``assistant_model``), or visual tokens fed to a
-            pruned cache.
+            ``prompt_lookup_num_tokens``, ``assistant_model``), visual tokens fed to a
+            pruned cache, or (transformers 5.17) a decoder-layer point in a training-mode
+            forward with grad and gradient checkpointing on.
 
     """
     adapter = adapters.adapter_for(model)
