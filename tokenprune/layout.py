@@ -263,7 +263,9 @@ class Layout:
     def stack(cls, layouts: Sequence[Layout]) -> Layout:
         """Concatenate layouts along the batch, padding N and R (ragged batches).
 
-        Padded tokens are invalid with no place; padded regions have shape (0, 0).
+        Padded tokens are invalid with no place; padded regions have shape (0, 0). Not
+        re-validated: each layout was validated when it was built, and padding keeps
+        every sample as valid as it was.
         """
         if not layouts:
             raise LayoutError("layouts: expected at least one Layout, got an empty sequence")
@@ -302,7 +304,7 @@ class Layout:
                 if fr is None:
                     fr = torch.full((lay.batch_size, lay.num_regions), -1, dtype=torch.long, device=device)
                 frames.append(pad(fr.to(device), r, 1, -1))
-        return cls(
+        return cls.trusted(
             coords=torch.cat([pad(lay.coords.to(device), n, 1, math.nan) for lay in layouts]),
             regions=torch.cat([pad(lay.regions.to(device), n, 1, -1) for lay in layouts]),
             region_shapes=torch.cat([pad(lay.region_shapes.to(device), r, 1, 0) for lay in layouts]),
