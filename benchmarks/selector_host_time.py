@@ -22,10 +22,12 @@ percentile (on a shared core the median carries the other jobs' interruptions).
 ``--prefill`` times instead the engine's whole host time in a prefill inside
 ``generate()``: a random-weight LLaVA-1.5 of the real geometry (576 visual tokens per
 image, a tiny tower and text model) pruned with ``adaptprune`` at keep 0.1 after layer 2,
-B = 1 and B = 8, in interleaved rounds with the layout values shared by content and not
-shared (``MAX_GEOMETRIES = 0``). The parts are the engine's hooks: the prefill set-up (the
-adapter's layout, candidates, budgets), the cue capture, the pruner call, and the rest of
-the prune step (compaction, masks, records); the model's own time is not counted.
+B = 1 and B = 8, in interleaved rounds of three modes: everything remembered; the layout
+values not shared by content (``MAX_GEOMETRIES = 0``); and also no sample layouts
+remembered by the adapters' builder (``MAX_SAMPLES = 0``). The parts are the engine's
+hooks: the prefill set-up (the adapter's layout, candidates, budgets), the cue capture,
+the pruner call, and the rest of the prune step (compaction, masks, records); the model's
+own time is not counted.
 
     OMP_NUM_THREADS=1 taskset -c 1 nice -n 19 python benchmarks/selector_host_time.py
     OMP_NUM_THREADS=1 taskset -c 1 nice -n 19 python benchmarks/selector_host_time.py --prefill
@@ -46,6 +48,7 @@ import torch
 
 import tokenprune
 from tokenprune import _layout_memo
+from tokenprune.adapters import builder
 from tokenprune.strategies import soft_nms_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -189,30 +192,44 @@ def tiny_llava() -> torch.nn.Module:
 IMAGE_TOKEN = 255
 
 
+#: ``--prefill``'s modes: (`MAX_GEOMETRIES`, `MAX_SAMPLES`), None for the default.
+PREFILL_MODES = {
+    "all remembered": (None, None),
+    "layout values not shared": (0, None),
+    "nothing remembered": (0, 0),
+}
+
+
+@contextlib.contextmanager
+def remembering(geometries: int | None, samples: int | None) -> Iterator[None]:
+    """`_layout_memo.MAX_GEOMETRIES` and `builder.MAX_SAMPLES` set where not None."""
+    default = _layout_memo.MAX_GEOMETRIES, builder.MAX_SAMPLES
+    _layout_memo.MAX_GEOMETRIES = default[0] if geometries is None else geometries
+    builder.MAX_SAMPLES = default[1] if samples is None else samples
+    try:
+        yield
+    finally:
+        _layout_memo.MAX_GEOMETRIES, builder.MAX_SAMPLES = default
+
+
 def prefill_times(model: torch.nn.Module, b: int, calls: int, rounds: int) -> dict[str, dict[str, list[float]]]:
     """Seconds of each part (`PARTS`) of ``calls`` prefills at batch ``b``, per mode
-    (layout values shared by content or not), interleaved in ``rounds``."""
+    (`PREFILL_MODES`), interleaved in ``rounds``."""
     ids = torch.tensor([[1, 5, 6, 7, *[IMAGE_TOKEN] * 576, 8, 9]] * b)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(b, 3, 336, 336)}
-    shared_geometries = _layout_memo.MAX_GEOMETRIES
-    modes = {"shared": shared_geometries, "not shared": 0}
-    out: dict[str, dict[str, list[float]]] = {mode: {part: [] for part in PARTS} for mode in modes}
+    out: dict[str, dict[str, list[float]]] = {mode: {part: [] for part in PARTS} for mode in PREFILL_MODES}
     now = dict.fromkeys(PARTS, 0.0)
     with engine_parts(now), torch.no_grad():
-        for round_ in range(rounds + 1):  # round 0 warms up: builds the kernel, fills what is shared
-            for mode, geometries in modes.items():
-                _layout_memo.MAX_GEOMETRIES = geometries
-                try:
-                    with tokenprune.prune(model, "adaptprune", keep=0.1, layer=2):
-                        for _ in range(max(1, calls // rounds)):
-                            now.update(dict.fromkeys(PARTS, 0.0))
-                            model.generate(**inputs, max_new_tokens=1, do_sample=False)
-                            if round_:
-                                now["total"] = sum(now[part] for part in PARTS[:-1])
-                                for part in PARTS:
-                                    out[mode][part].append(now[part])
-                finally:
-                    _layout_memo.MAX_GEOMETRIES = shared_geometries
+        for round_ in range(rounds + 1):  # round 0 warms up: builds the kernel, fills what is remembered
+            for mode, limits in PREFILL_MODES.items():
+                with remembering(*limits), tokenprune.prune(model, "adaptprune", keep=0.1, layer=2):
+                    for _ in range(max(1, calls // rounds)):
+                        now.update(dict.fromkeys(PARTS, 0.0))
+                        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+                        if round_:
+                            now["total"] = sum(now[part] for part in PARTS[:-1])
+                            for part in PARTS:
+                                out[mode][part].append(now[part])
     return out
 
 
@@ -220,7 +237,7 @@ def prefill_table(args: argparse.Namespace) -> list[str]:
     tokenprune.set_compile(True)
     model = tiny_llava()
     lines = [
-        "| B | layout values | " + " | ".join(f"{part} ms" for part in PARTS) + " | prefills |",
+        "| B | mode | " + " | ".join(f"{part} ms" for part in PARTS) + " | prefills |",
         "|---:|:---|" + "---:|" * (len(PARTS) + 1),
     ]
     for b in (1, 8):
