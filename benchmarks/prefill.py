@@ -271,13 +271,32 @@ def measure(case: Case, configs: list[Config], layer: int, repeats: int, warmup:
     return {c: (statistics.median(times[c]), min(times[c]), peaks[c], shorts[c]) for c in configs}
 
 
+#: The parts of a pruned prefill `PartTimer` times, in the order the engine runs them, and
+#: the rest: what the model itself computes (with the layers' shortened inputs).
+PARTS = ("setup", "capture", "cues", "pruner", "shorten")
+ROWS = (*PARTS, "rest", "total")
+
+
 class PartTimer:
-    """Host time, per prefill, of the engine's cue assembly (``PruneRun._cues``: the
-    candidates' gathers and, for key cues, layer K's ``k_proj``) and of the pruner call
-    (scores, transforms, selector), by patching both for as long as it is open."""
+    """Host time, per prefill, of the engine's parts, by patching them for as long as it is
+    open:
+
+    - ``setup``: ``PruneRun._prefill``, once per prefill: the visual mask, the image
+      `Layout` (for LLaVA-NeXT the base grid, the unpadded high-resolution grid and its
+      row separators, two regions) and the candidates;
+    - ``capture``: ``PruneRun._on_attention``, after every decoder layer's attention: the
+      attention cue (the last prompt token's attention row) in the layer before the point,
+      a few attribute reads in the others;
+    - ``cues``: ``PruneRun._cues``, at the point: the candidates' gathers and, for key
+      cues, layer K's ``k_proj``;
+    - ``pruner``: the pruner call (scores, transforms, selector);
+    - ``shorten``: the rest of ``PruneRun._prune_layer`` (without ``cues`` and
+      ``pruner``, which it calls): gathering the kept hidden states, positions and
+      rotary embeddings, and the shortened causal mask.
+    """
 
     def __init__(self) -> None:
-        self.now: dict[str, float] = {"cues": 0.0, "pruner": 0.0}
+        self.now: dict[str, float] = dict.fromkeys((*PARTS, "point"), 0.0)
         self._patched: list[tuple[type, str, Callable]] = []
 
     def _wrap(self, cls: type, name: str, part: str) -> None:
@@ -298,6 +317,9 @@ class PartTimer:
     def __enter__(self) -> PartTimer:
         from tokenprune.engine.session import PruneRun
 
+        self._wrap(PruneRun, "_prefill", "setup")
+        self._wrap(PruneRun, "_on_attention", "capture")
+        self._wrap(PruneRun, "_prune_layer", "point")
         self._wrap(PruneRun, "_cues", "cues")
         self._wrap(tokenprune.Pruner, "__call__", "pruner")
         self._wrap(tokenprune.Pruner, "select", "pruner")  # the engine's trusted path, where present
@@ -308,15 +330,23 @@ class PartTimer:
             setattr(cls, name, real)
 
     def reset(self) -> None:
-        self.now = {"cues": 0.0, "pruner": 0.0}
+        self.now = dict.fromkeys((*PARTS, "point"), 0.0)
+
+    def parts(self) -> dict[str, float]:
+        """Seconds per part of the prefill since `reset` (``shorten`` without the nested
+        ``cues`` and ``pruner``)."""
+        out = {part: self.now[part] for part in PARTS if part != "shorten"}
+        out["shorten"] = self.now["point"] - self.now["cues"] - self.now["pruner"]
+        return out
 
 
 def parts(case: Case, layer: int, repeats: int, keep: float = 0.1) -> list[str]:
     """Where adaptprune's prefill differs from fastv's at ``keep``: medians over interleaved
-    rounds of the whole prefill, the cue assembly, the pruner call, and the rest."""
+    rounds of the whole prefill and of each `PartTimer` part; ``rest`` is the total's
+    median less the parts' medians."""
     methods = ("fastv", "adaptprune")
     fn = prefill(case)
-    samples: dict[str, dict[str, list[float]]] = {m: {"total": [], "cues": [], "pruner": []} for m in methods}
+    samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in (*PARTS, "total")} for m in methods}
     with PartTimer() as timer:
         for method in methods:  # warm-up: compile, then settle dynamic shapes
             with tokenprune.prune(case.model, method, keep=keep, layer=layer):
@@ -329,17 +359,16 @@ def parts(case: Case, layer: int, repeats: int, keep: float = 0.1) -> list[str]:
                     start = time.perf_counter()
                     fn()
                     samples[method]["total"].append(time.perf_counter() - start)
-                    for part in ("cues", "pruner"):
-                        samples[method][part].append(timer.now[part])
+                    for part, seconds in timer.parts().items():
+                        samples[method][part].append(seconds)
     med = {m: {k: statistics.median(v) * 1e3 for k, v in samples[m].items()} for m in methods}
     for m in methods:
-        med[m]["rest"] = med[m]["total"] - med[m]["cues"] - med[m]["pruner"]
-    rows = [
+        med[m]["rest"] = med[m]["total"] - sum(med[m][part] for part in PARTS)
+    return [
         f"| {case.name} ({case.visual}) | {part} | {med['fastv'][part]:,.1f} | {med['adaptprune'][part]:,.1f} | "
         f"{med['adaptprune'][part] - med['fastv'][part]:+,.1f} |"
-        for part in ("cues", "pruner", "rest", "total")
+        for part in ROWS
     ]
-    return rows
 
 
 def table(case: Case, results: dict, layer: int, size: Size) -> list[str]:
@@ -600,8 +629,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.parts:
         print(
             "\nWhere the time of the keep 0.1 prefill goes, ms (medians of interleaved rounds; "
-            "'cues' = the engine's cue assembly, with layer K's k_proj for adaptprune's keys; "
-            "'pruner' = scores, transforms and selector; 'rest' = everything else)\n",
+            "'setup' = the engine's per-prefill setup with the image layout; 'capture' = the "
+            "attention cue in the layer before K; 'cues' = the cue assembly, with layer K's "
+            "k_proj for adaptprune's keys; 'pruner' = scores, transforms and selector; "
+            "'shorten' = the shortened hidden states, positions and mask; 'rest' = the model "
+            "itself)\n",
             "| image (visual tokens) | part | fastv ms | adaptprune ms | difference ms |",
             "|---|---|---:|---:|---:|",
             *part_rows,

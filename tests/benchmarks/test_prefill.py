@@ -4,9 +4,12 @@ the machine allows (the plain model timed at L and L'), and that arithmetic is r
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from script_modules import ROOT, script_module
+
+import tokenprune
 
 SCRIPT = ROOT / "benchmarks" / "prefill.py"
 
@@ -32,3 +35,41 @@ def test_a_quick_run_reports_rows_and_the_ceiling(prefill, capsys):
     ceilings = re.findall(r"keep 0\.1 can reach ([0-9.]+)x here; reached: fastv (\d+)%, adaptprune (\d+)%", out)
     assert len(ceilings) == 2  # from medians and from minimums
     assert all(float(speedup) > 1 for speedup, _, _ in ceilings)
+
+
+def test_the_parts_of_a_llava_next_prefill_are_each_timed_once_and_restored(prefill):
+    """LLaVA-NeXT's layout (base grid, unpadded tiles, separators) is built in the engine's
+    setup; every part is reached (a renamed engine method would leave a part at zero and
+    its time in ``rest``), the parts fit inside the prefill, and closing the timer puts
+    the engine's own methods back."""
+    from tokenprune.engine.session import PruneRun
+
+    size = prefill.Size(layers=3, hidden=64, heads=2, intermediate=176, vocab=32064)
+    case = prefill.make_case("llava_next", size)
+    assert case.visual == 2928  # 576 base + 48 rows x (48 + 1 separator)
+    before = {name: getattr(PruneRun, name) for name in ("_prefill", "_on_attention", "_prune_layer", "_cues")}
+    with prefill.PartTimer() as timer:
+        with tokenprune.prune(case.model, "fastv", keep=0.1, layer=2):
+            timer.reset()
+            start = time.perf_counter()
+            prefill.prefill(case)()
+            total = time.perf_counter() - start
+        parts = timer.parts()
+    assert set(parts) == set(prefill.PARTS)
+    assert all(seconds > 0 for seconds in parts.values()), parts
+    assert sum(parts.values()) < total
+    assert {name: getattr(PruneRun, name) for name in before} == before
+
+
+def test_a_quick_llava_next_run_reports_every_part(prefill, capsys):
+    prefill.main(
+        ["--quick", "--kinds", "llava_next", "--parts", "--repeats", "1", "--warmup", "0",
+         "--keeps", "0.1", "--threads", "1", "--layers", "3", "--hidden", "64"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| llava_next (2928) |")]
+    part_rows = [row for row in rows if len(row) == 7]  # image, part, fastv, adaptprune, difference
+    assert [row[2].strip() for row in part_rows] == [*prefill.PARTS, "rest", "total"]
+    for row in part_rows:
+        fastv, adaptprune, difference = (float(cell.replace(",", "")) for cell in row[3:6])
+        assert difference == pytest.approx(adaptprune - fastv, abs=0.11)
