@@ -11,6 +11,7 @@ hit all of them alike) and reported as the median.
     python benchmarks/prefill.py            # the full table (several minutes)
     python benchmarks/prefill.py --quick    # a small model, one image, a smoke run
     python benchmarks/prefill.py --points   # layer="input" vs layer=2 at keep 0.1
+    python benchmarks/prefill.py --parts-only --kinds llava_next  # the engine's parts only
 
 ``--points`` compares prune points with one pruner (``norm | top_k``, which reads the
 ``hidden`` cue that exists at both): unpruned, ``layer=2`` and ``layer="input"`` at keep
@@ -557,7 +558,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--parts",
         action="store_true",
-        help="also split fastv's and adaptprune's keep 0.1 prefill into cue assembly, pruner and rest",
+        help="also split fastv's and adaptprune's keep 0.1 prefill into the engine's parts and the rest",
+    )
+    parser.add_argument(
+        "--parts-only",
+        action="store_true",
+        help="only the --parts split (no unpruned, keep 1.0 or plain-model prefills)",
     )
     parser.add_argument(
         "--keeps", default="0.5,0.25,0.1", help="pruned keep fractions, comma-separated (0.1 is needed)"
@@ -601,6 +607,9 @@ def main(argv: list[str] | None = None) -> None:
         f"MLP {size.intermediate}, fp32; K = {args.layer}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; medians of {repeats}\n"
     )
+    if args.parts_only:
+        print_parts([row for kind in kinds for row in parts(make_case(kind, size), args.layer, repeats)])
+        return
     print(
         "| image (visual tokens) | method | keep | L' | prefill ms (median) | min ms | "
         "speedup | ideal | of ideal | speedup of mins | peak MiB |"
@@ -627,18 +636,23 @@ def main(argv: list[str] | None = None) -> None:
         del case
     print("", *summary, sep="\n")
     if args.parts:
-        print(
-            "\nWhere the time of the keep 0.1 prefill goes, ms (medians of interleaved rounds; "
-            "'setup' = the engine's per-prefill setup with the image layout; 'capture' = the "
-            "attention cue in the layer before K; 'cues' = the cue assembly, with layer K's "
-            "k_proj for adaptprune's keys; 'pruner' = scores, transforms and selector; "
-            "'shorten' = the shortened hidden states, positions and mask; 'rest' = the model "
-            "itself)\n",
-            "| image (visual tokens) | part | fastv ms | adaptprune ms | difference ms |",
-            "|---|---|---:|---:|---:|",
-            *part_rows,
-            sep="\n",
-        )
+        print_parts(part_rows)
+
+
+def print_parts(rows: list[str]) -> None:
+    print(
+        "\nWhere the time of the keep 0.1 prefill goes, ms (medians of interleaved rounds; "
+        "'setup' = the engine's per-prefill setup with the image layout; 'capture' = the "
+        "attention cue in the layer before K; 'cues' = the cue assembly, with layer K's "
+        "k_proj for adaptprune's keys; 'pruner' = scores, transforms and selector; "
+        "'shorten' = the shortened hidden states, positions and mask; 'rest' = the model "
+        "itself)\n",
+        "| image (visual tokens) | part | fastv ms | adaptprune ms | difference ms |",
+        "|---|---|---:|---:|---:|",
+        *rows,
+        sep="\n",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

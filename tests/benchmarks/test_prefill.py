@@ -61,14 +61,14 @@ def test_the_parts_of_a_llava_next_prefill_are_each_timed_once_and_restored(pref
     assert {name: getattr(PruneRun, name) for name in before} == before
 
 
-def test_a_quick_llava_next_run_reports_every_part(prefill, capsys):
+def test_a_parts_only_llava_next_run_reports_every_part(prefill, capsys):
     prefill.main(
-        ["--quick", "--kinds", "llava_next", "--parts", "--repeats", "1", "--warmup", "0",
+        ["--quick", "--kinds", "llava_next", "--parts-only", "--repeats", "1",
          "--keeps", "0.1", "--threads", "1", "--layers", "3", "--hidden", "64"]
     )  # fmt: skip
     out = capsys.readouterr().out
-    rows = [line.split("|") for line in out.splitlines() if line.startswith("| llava_next (2928) |")]
-    part_rows = [row for row in rows if len(row) == 7]  # image, part, fastv, adaptprune, difference
+    part_rows = [line.split("|") for line in out.splitlines() if line.startswith("| llava_next (2928) |")]
+    assert all(len(row) == 7 for row in part_rows)  # image, part, fastv, adaptprune, difference: no table
     assert [row[2].strip() for row in part_rows] == [*prefill.PARTS, "rest", "total"]
     for row in part_rows:
         fastv, adaptprune, difference = (float(cell.replace(",", "")) for cell in row[3:6])
