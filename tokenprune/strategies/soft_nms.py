@@ -387,15 +387,12 @@ class SoftNMS(Selector):
             keys = cues.require("keys", self.name)
         sigmas = self._native_sigmas
         if sigmas is not None and soft_nms_cpu.applies(scores, keys):
-            kernel_checks = check_keys and keys is not None and sigmas[1] is not None
-            if check_keys and not kernel_checks:
-                check_finite("keys", keys, layout.valid)
-            done = soft_nms_cpu.run(scores, layout, budget, keys, self.radius, *sigmas, check_keys=kernel_checks)
+            # Keys are needed here only by the similarity decay, which the kernel reads them for.
+            done = soft_nms_cpu.run(scores, layout, budget, keys, self.radius, *sigmas, check_keys=check_keys)
             if done is not None:
                 indices, mask, final = done
                 return Selection(indices=indices, mask=mask, scores=final)
-            check_keys = kernel_checks  # the kernel gave way to the torch steps before checking them
-        if check_keys:
+        if check_keys:  # the torch steps: no kernel, or it gave way before reading the keys
             check_finite("keys", keys, layout.valid)
         if keys is not None:
             inv = key_inv_norm(keys, dtype)

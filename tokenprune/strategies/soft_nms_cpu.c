@@ -203,7 +203,6 @@ typedef struct {
     T *distance2;         /* (W,) squared distance of each offset */
     int64_t steps, cells, p;  /* most kept tokens, most cells, tree leaves (a power of 2 >= N) */
     int64_t room;         /* most entries of one token, plus one (its own norm) */
-    int64_t *unsure;      /* a->keys_unsure, set by any thread (atomic) */
 } shared_t;
 
 /* ------------------------------------------------------------------------ scratch */
@@ -304,7 +303,7 @@ static inline void update(int32_t *tree, int64_t p, const T *v, const uint8_t *a
 static inline void set_norm(sample_t *s, const shared_t *sh, int64_t i, T self_dot) {
     s->inv[i] = inverse_norm(self_dot);
     s->normed[i] = 1;
-    if (!((double)self_dot <= sh->a->key_limit)) __atomic_store_n(sh->unsure, 1, __ATOMIC_RELAXED);
+    if (!((double)self_dot <= sh->a->key_limit)) __atomic_store_n(sh->a->keys_unsure, 1, __ATOMIC_RELAXED);
 }
 
 /* Token i's inverse key norm, computed once. */
@@ -533,7 +532,7 @@ int soft_nms(const soft_nms_args_t *a, T *scores, const KT *all_keys) {
         for (int64_t i = 0; i < n; ++i)
             if (a->valid[b * n + i] && scores[b * n + i] < 0) return NEGATIVE_SCORE;
     }
-    shared_t sh = {.a = a, .scores = scores, .keys = a->similarity_sigma > 0 ? all_keys : NULL, .unsure = a->keys_unsure};
+    shared_t sh = {.a = a, .scores = scores, .keys = a->similarity_sigma > 0 ? all_keys : NULL};
     *a->keys_unsure = 0;
     for (int64_t b = 0; b < a->b; ++b) {
         if (a->budget[b] > sh.steps) sh.steps = a->budget[b];
