@@ -1,7 +1,10 @@
 """Hypothesis strategies: ragged batches of layouts, distinct or tied scores, keys; and
-what hands drawn inputs to a selector (`Given`, `soft_nms_selector`, `select`)."""
+what hands drawn inputs to a selector (`Given`, `soft_nms_selector`, `select`,
+`torch_threads`)."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from hypothesis import strategies as st
@@ -105,6 +108,18 @@ def soft_nms_selector(radius, sigma_d, sigma_s, sigma_t=None, frames: int = 1) -
     if sigma_t:
         decays.append(TemporalDecay(sigma_t, frames))
     return SoftNMS(radius=radius, decays=tuple(decays))
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` torch threads (the C kernel takes its thread count from
+    ``torch.get_num_threads()``), restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def select(layout: Layout, scores: torch.Tensor, keys: torch.Tensor, keep, selector) -> tokenprune.Selection:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from unittest import mock
 
 import pytest
@@ -18,7 +17,15 @@ from tokenprune.errors import CueError
 from tokenprune.strategies import soft_nms, soft_nms_cpu
 from tokenprune.strategies.soft_nms import SoftNMS, SpatialDecay, TemporalDecay
 
-from .draw import Given, keep_values, keys_for, layouts, scores_for, soft_nms_selector
+from .draw import (
+    Given,
+    keep_values,
+    keys_for,
+    layouts,
+    scores_for,
+    soft_nms_selector,
+    torch_threads,
+)
 from .reference import assert_matches_ref_soft_nms, ref_budget, ref_soft_nms, tokens_of
 
 
@@ -213,16 +220,6 @@ def test_set_native_validates():
         soft_nms_cpu.set_native(1)
 
 
-@contextmanager
-def _torch_threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @settings(max_examples=15)
 @given(data=st.data(), threads=st.integers(2, 4))
 def test_threads_change_no_bit(data, threads):
@@ -235,10 +232,10 @@ def test_threads_change_no_bit(data, threads):
     keep = data.draw(keep_values(layout))
     selector = soft_nms_selector(5.0, 1.5, 0.5)
     with mock.patch.object(soft_nms_cpu, "THREAD_WORK", 0):  # small inputs take the threaded paths
-        with _torch_threads(1):
+        with torch_threads(1):
             one = _select(layout, scores, keys, keep, selector, native=True)
             assert soft_nms_cpu.last_threads == 1
-        with _torch_threads(threads):
+        with torch_threads(threads):
             shared = _select(layout, scores, keys, keep, selector, native=True)
             used = soft_nms_cpu.last_threads
     assert used == (min(threads, layout.batch_size) if layout.batch_size > 1 else threads)
@@ -258,7 +255,7 @@ def test_threads_start_only_for_large_calls(monkeypatch):
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(1, 576, generator=g)
     selector = soft_nms_selector(5.0, 1.5, 0.05)
-    with _torch_threads(2):
+    with torch_threads(2):
         for dim, expected in ((4096, 2), (16, 1)):
             keys = torch.randn(1, 1, dim, generator=g) + 0.25 * torch.randn(1, 576, dim, generator=g)
             _select(layout, scores, keys, 57, selector, native=True)

@@ -5,7 +5,6 @@ same errors as `tokenprune.finite.check_finite`, and nothing else changes."""
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from unittest import mock
 
 import pytest
@@ -20,7 +19,15 @@ from tokenprune.finite import check_finite
 from tokenprune.strategies import soft_nms, soft_nms_cpu
 from tokenprune.strategies.base import Score
 
-from .draw import Given, keep_values, keys_for, layouts, scores_for, soft_nms_selector
+from .draw import (
+    Given,
+    keep_values,
+    keys_for,
+    layouts,
+    scores_for,
+    soft_nms_selector,
+    torch_threads,
+)
 
 BAD = [float("nan"), float("inf"), -float("inf"), 3e38, 1.5e19]  # the last two: norms that overflow (float32)
 
@@ -55,23 +62,13 @@ def test_the_kernel_refuses_exactly_what_check_finite_refuses(data, dtype, threa
     pruner = tokenprune.Pruner(Given(scores), (), soft_nms_selector(2.5, 1.5, 0.05), keep=data.draw(keep_values(layout)))
     cues = Cues(layout, keys=keys)
     expected = _verdict(lambda: check_finite("keys", keys, layout.valid))
-    with compile_mode(True), mock.patch.object(soft_nms_cpu, "THREAD_WORK", 0), _threads(threads):
+    with compile_mode(True), mock.patch.object(soft_nms_cpu, "THREAD_WORK", 0), torch_threads(threads):
         got = _verdict(lambda: pruner(cues))
         if expected is None:
             assert got is None
             assert torch.equal(pruner(cues).indices, pruner.select(cues, pruner.budget(layout.num_valid())).indices)
     assert got == expected
     assert torch.equal(keys.view(torch.uint8), before.view(torch.uint8))  # untouched, NaN bits included
-
-
-@contextmanager
-def _threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _recorded_checks(monkeypatch) -> list[str]:
