@@ -100,3 +100,17 @@ def test_tokens_without_any_region_are_a_valid_layout_every_recipe_handles():
     # No place means no spatial cue: the spatial recipes fall back to the attention order.
     fastv = tokenprune.pruner("fastv", keep=2)(cues).indices
     assert torch.equal(tokenprune.pruner("adaptprune", keep=2)(cues).indices, fastv)
+
+
+def test_clone_copies_every_tensor_and_keeps_absent_ones_absent():
+    layout = Layout.regions_of([(2, 3), (1, 2)], separators=True)
+    copy = layout.clone()
+    for name in ("coords", "regions", "region_shapes", "valid", "region_boxes", "region_images", "region_frames"):
+        original, cloned = getattr(layout, name), getattr(copy, name)
+        if original is None:
+            assert cloned is None
+            continue
+        assert cloned.data_ptr() != original.data_ptr()
+        assert torch.equal(cloned.nan_to_num(-7), original.nan_to_num(-7)) and cloned.dtype == original.dtype
+    copy.valid[0, 0] = False  # a write to the copy leaves the original
+    assert bool(layout.valid[0, 0])

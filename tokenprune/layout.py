@@ -27,7 +27,7 @@ Optional, for videos:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -116,24 +116,25 @@ class Layout:
         """``(B,)`` long: number of valid candidate tokens per sample."""
         return self.valid.sum(dim=1)
 
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Layout:
+        """``fn`` applied to every tensor of the layout (absent ones stay None); not
+        re-validated, so ``fn`` must keep a valid layout valid."""
+        return Layout.trusted(
+            **{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)}
+        )
+
     def to(self, device: torch.device | str) -> Layout:
         """The same layout with every tensor on ``device``."""
-        return Layout.trusted(
-            **{
-                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
-                for f in fields(self)
-            }
-        )
+        return self._map(lambda t: t.to(device))
+
+    def clone(self) -> Layout:
+        """The same layout with every tensor copied: a write to either leaves the other."""
+        return self._map(Tensor.clone)
 
     def __getitem__(self, index: int | slice) -> Layout:
         """Sample ``index`` (kept as a batch of one) or a slice of samples."""
         index = sample_slice(index, self.batch_size)
-        return Layout.trusted(
-            **{
-                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
-                for f in fields(self)
-            }
-        )
+        return self._map(lambda t: t[index])
 
     def take(self, index: Tensor) -> Layout:
         """The layout of a subset of the candidates, in the given order.

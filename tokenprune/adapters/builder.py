@@ -14,7 +14,6 @@ import math
 import struct
 import threading
 from collections import OrderedDict
-from dataclasses import fields
 
 import torch
 from torch import Tensor
@@ -93,9 +92,7 @@ class SampleBuilder:
                 _built[key] = layout
                 while len(_built) > MAX_SAMPLES:
                     _built.popitem(last=False)
-        return Layout.trusted(  # copies: a caller's in-place write cannot reach the remembered one
-            **{f.name: None if getattr(layout, f.name) is None else getattr(layout, f.name).clone() for f in fields(Layout)}
-        )
+        return layout.clone()  # a caller's in-place write cannot reach the remembered one
 
 
 def _exact(value: object) -> object | None:
